@@ -1,0 +1,603 @@
+//! The native API: the canonical event model on the wire, queries, and the
+//! verifiable-log endpoints (checkpoints, proofs, export).
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tlog::{Hash, HashReader, NodeId, TlogError};
+use utoipa::ToSchema;
+
+use super::{ApiError, AppState, bearer, json_body};
+use crate::ingest::Violation;
+use crate::ingest::validate::native_event;
+use crate::model::{Event, Time};
+use crate::store::{AppendJob, AppendOutcome, EventQuery, Idempotency, Principal, Receipt, StoredResponse, TreeHead};
+
+/// Routes of the native API.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/events", post(create_event).get(list_events))
+        .route("/v1/events/batch", post(create_batch))
+        .route("/v1/events/{id}", get(get_event))
+        .route("/v1/events/{id}/proof", get(event_proof))
+        .route("/v1/tenants/{tenant}/checkpoint", get(checkpoint))
+        .route("/v1/tenants/{tenant}/consistency", get(consistency))
+        .route("/v1/tenants/{tenant}/export", get(export))
+}
+
+/// An event as sent to `POST /v1/events` (documentation of the wire shape).
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "describes the wire format for OpenAPI; parsing is field-by-field")]
+pub struct EventIn {
+    /// Tenant (end-customer scope); default `default`.
+    tenant: Option<String>,
+    /// What was done, e.g. `user.login`.
+    action: String,
+    /// RFC 3339; default: the time the server received it.
+    occurred_at: Option<String>,
+    /// Who did it.
+    actor: ActorIn,
+    /// What it was done to.
+    targets: Option<Vec<TargetIn>>,
+    /// `success` or `failure`.
+    result: Option<String>,
+    /// Human-readable description.
+    description: Option<String>,
+    /// Labels.
+    tags: Option<Vec<String>>,
+    /// Where and how.
+    context: Option<ContextIn>,
+    /// Any JSON object.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+}
+
+/// The actor of an event; further string properties are kept.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "wire documentation")]
+pub struct ActorIn {
+    /// Caller's id of the actor.
+    id: String,
+    /// `user` (default), `system` or `machine`.
+    r#type: Option<String>,
+    /// Display name.
+    name: Option<String>,
+    /// Email.
+    email: Option<String>,
+}
+
+/// A target of an event.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "wire documentation")]
+pub struct TargetIn {
+    /// Caller's id of the target.
+    id: String,
+    /// Kind of target.
+    r#type: Option<String>,
+    /// Display name.
+    name: Option<String>,
+}
+
+/// Request context of an event.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "wire documentation")]
+pub struct ContextIn {
+    /// Client IP (IPv4 or IPv6).
+    ip: Option<String>,
+    /// Client user agent.
+    user_agent: Option<String>,
+    /// Free-form location.
+    location: Option<String>,
+    /// The HTTP request: `method`, `path`, `status`.
+    #[schema(value_type = Option<Object>)]
+    request: Option<Value>,
+}
+
+/// A batch of events.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "wire documentation")]
+pub struct BatchIn {
+    /// Up to `limits.max_batch_events` events; all are stored or none.
+    events: Vec<EventIn>,
+}
+
+/// The receipt of one stored event.
+#[derive(serde::Serialize, ToSchema)]
+pub struct ReceiptOut {
+    /// Event id (UUIDv7).
+    id: String,
+    /// Tenant.
+    tenant: String,
+    /// Leaf index in the tenant's log.
+    index: u64,
+    /// Receive time, RFC 3339.
+    received_at: String,
+    /// RFC 6962 leaf hash of the event's leaf encoding, standard base64.
+    leaf_hash: String,
+}
+
+impl From<&Receipt> for ReceiptOut {
+    fn from(r: &Receipt) -> Self {
+        Self {
+            id: r.id.to_string(),
+            tenant: r.tenant.clone(),
+            index: r.index,
+            received_at: r.received_at.to_string(),
+            leaf_hash: B64.encode(r.leaf_hash),
+        }
+    }
+}
+
+/// An inclusion proof.
+#[derive(serde::Serialize, ToSchema)]
+pub struct ProofOut {
+    /// Leaf index.
+    leaf_index: u64,
+    /// Tree size the proof is for.
+    tree_size: u64,
+    /// Leaf hash, base64.
+    leaf_hash: String,
+    /// RFC 6962 audit path, base64.
+    hashes: Vec<String>,
+    /// Signed checkpoint of `tree_size`.
+    checkpoint: String,
+}
+
+/// A consistency proof.
+#[derive(serde::Serialize, ToSchema)]
+pub struct ConsistencyOut {
+    /// Old tree size.
+    from: u64,
+    /// New tree size.
+    to: u64,
+    /// RFC 6962 consistency proof, base64.
+    hashes: Vec<String>,
+}
+
+async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let key = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    state.authenticate(key).await?.ok_or_else(ApiError::unauthorized)
+}
+
+fn idempotency_key(headers: &HeaderMap, route: &str, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
+    let mut h = Sha256::new();
+    h.update(route.as_bytes());
+    h.update([0]);
+    h.update(body);
+    Ok(Some(Idempotency { key: key.to_owned(), request_hash: h.finalize().into() }))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Sends a job and turns the outcome into the response `render` builds.
+///
+/// # Errors
+/// Store failures and idempotency conflicts.
+pub async fn append(
+    state: &AppState,
+    project: i64,
+    events: Vec<Event>,
+    idempotency: Option<Idempotency>,
+    render: impl Fn(&[Receipt]) -> StoredResponse + Send + Clone + 'static,
+) -> Result<StoredResponse, AppendError> {
+    let job = AppendJob {
+        project,
+        events,
+        idempotency: idempotency.map(|i| (i, Box::new(render.clone()) as crate::store::RenderResponse)),
+    };
+    match state.store.append(job).await.map_err(AppendError::Store)? {
+        AppendOutcome::Committed(receipts) => Ok(render(&receipts)),
+        AppendOutcome::Replayed(res) => Ok(res),
+        AppendOutcome::IdempotencyConflict => Err(AppendError::IdempotencyConflict),
+    }
+}
+
+/// Why an append was not acknowledged.
+#[derive(Debug)]
+pub enum AppendError {
+    /// The store failed.
+    Store(crate::store::StoreError),
+    /// The idempotency key was used with a different request.
+    IdempotencyConflict,
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Store(e) => e.into(),
+            AppendError::IdempotencyConflict => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request in the last 24 hours",
+            ),
+        }
+    }
+}
+
+/// Store one event.
+#[utoipa::path(post, path = "/v1/events", request_body = EventIn,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key; replays the original response for 24 h")),
+    responses((status = 201, body = ReceiptOut), (status = 401), (status = 413), (status = 422)),
+    security(("bearer" = [])))]
+async fn create_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let (bytes, value) = json_body(&state.config, body)?;
+    let idem = idempotency_key(&headers, "/v1/events", &bytes)?;
+    let event = native_event(&value, &state.config.limits, "", Time::now()).map_err(ApiError::validation)?;
+    let res = append(&state, p.project, vec![event], idem, |r: &[Receipt]| StoredResponse {
+        status: 201,
+        body: serde_json::to_vec(&ReceiptOut::from(&r[0])).expect("serializes"),
+    })
+    .await?;
+    Ok(json_response(StatusCode::from_u16(res.status).unwrap_or(StatusCode::CREATED), res.body))
+}
+
+/// Store many events atomically.
+#[utoipa::path(post, path = "/v1/events/batch", request_body = BatchIn,
+    responses((status = 201, description = "`{\"events\": [receipt, ...]}`"), (status = 401), (status = 413), (status = 422)),
+    security(("bearer" = [])))]
+async fn create_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let (bytes, value) = json_body(&state.config, body)?;
+    let idem = idempotency_key(&headers, "/v1/events/batch", &bytes)?;
+    let limits = &state.config.limits;
+    let Some(items) = value.get("events").and_then(Value::as_array) else {
+        return Err(ApiError::validation(vec![Violation {
+            field: "/events".into(),
+            code: "required",
+            message: "must be an array of events".into(),
+        }]));
+    };
+    if items.is_empty() || items.len() > limits.max_batch_events {
+        return Err(ApiError::validation(vec![Violation {
+            field: "/events".into(),
+            code: "batch_size",
+            message: format!("must hold 1 to {} events", limits.max_batch_events),
+        }]));
+    }
+    let now = Time::now();
+    let mut events = Vec::with_capacity(items.len());
+    let mut violations = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match native_event(item, limits, &format!("/events/{i}"), now) {
+            Ok(e) => events.push(e),
+            Err(v) => violations.extend(v),
+        }
+    }
+    if !violations.is_empty() {
+        return Err(ApiError::validation(violations));
+    }
+    let res = append(&state, p.project, events, idem, |r: &[Receipt]| StoredResponse {
+        status: 201,
+        body: serde_json::to_vec(&serde_json::json!({
+            "events": r.iter().map(ReceiptOut::from).collect::<Vec<_>>()
+        }))
+        .expect("serializes"),
+    })
+    .await?;
+    Ok(json_response(StatusCode::from_u16(res.status).unwrap_or(StatusCode::CREATED), res.body))
+}
+
+fn encode_cursor(seq: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("s:{seq}"))
+}
+
+fn decode_cursor(c: &str) -> Option<i64> {
+    let raw = URL_SAFE_NO_PAD.decode(c).ok()?;
+    std::str::from_utf8(&raw).ok()?.strip_prefix("s:")?.parse().ok()
+}
+
+/// Splits free text into the terms the full-text index holds: runs of
+/// letters and digits, lower-cased (both stores tokenize this way).
+#[must_use]
+pub fn search_terms(q: &str) -> Vec<String> {
+    q.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn parse_query(params: &HashMap<String, String>, max_page: usize) -> Result<EventQuery, ApiError> {
+    const KNOWN: &[&str] = &["tenant", "actor", "action", "target", "tag", "result", "since", "until", "q", "limit", "cursor"];
+    let mut errors = Vec::new();
+    let mut bad = |field: &str, code: &'static str, message: String| {
+        errors.push(Violation { field: field.to_owned(), code, message });
+    };
+    for k in params.keys() {
+        if !KNOWN.contains(&k.as_str()) {
+            bad(k, "unknown_parameter", format!("unknown query parameter; expected one of {}", KNOWN.join(", ")));
+        }
+    }
+    let mut q = EventQuery { limit: 50, ..EventQuery::default() };
+    let non_empty = |k: &str| params.get(k).filter(|v| !v.is_empty()).cloned();
+    q.tenant = non_empty("tenant");
+    q.actor = non_empty("actor");
+    q.target = non_empty("target");
+    q.tag = non_empty("tag");
+    if let Some(a) = non_empty("action") {
+        match a.strip_suffix('*') {
+            Some(prefix) => q.action_prefix = Some(prefix.to_owned()),
+            None => q.action = Some(a),
+        }
+    }
+    if let Some(r) = non_empty("result") {
+        if r == "success" || r == "failure" {
+            q.result = Some(r);
+        } else {
+            bad("result", "invalid", "must be success or failure".into());
+        }
+    }
+    for (k, slot) in [("since", &mut q.since), ("until", &mut q.until)] {
+        if let Some(v) = non_empty(k) {
+            match Time::parse_rfc3339(&v) {
+                Ok(t) => *slot = Some(t),
+                Err(m) => bad(k, "invalid", m),
+            }
+        }
+    }
+    if let Some(text) = non_empty("q") {
+        q.text_terms = search_terms(&text);
+    }
+    if let Some(l) = params.get("limit") {
+        match l.parse::<usize>() {
+            Ok(n) if (1..=max_page).contains(&n) => q.limit = n,
+            _ => bad("limit", "invalid", format!("must be an integer from 1 to {max_page}")),
+        }
+    }
+    if let Some(c) = non_empty("cursor") {
+        match decode_cursor(&c) {
+            Some(seq) => q.before = Some(seq),
+            None => bad("cursor", "invalid", "is not a cursor returned by this API".into()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(q)
+    } else {
+        let mut e = ApiError::validation(errors);
+        e.status = StatusCode::BAD_REQUEST;
+        e.code = "invalid_query";
+        Err(e)
+    }
+}
+
+/// List events, newest first.
+#[utoipa::path(get, path = "/v1/events",
+    params(
+        ("tenant" = Option<String>, Query, description = "Exact tenant"),
+        ("actor" = Option<String>, Query, description = "Exact actor id"),
+        ("action" = Option<String>, Query, description = "Exact action, or a prefix ending in `*` (`user.*`)"),
+        ("target" = Option<String>, Query, description = "Exact target id"),
+        ("tag" = Option<String>, Query, description = "Exact tag"),
+        ("result" = Option<String>, Query, description = "success or failure"),
+        ("since" = Option<String>, Query, description = "occurred_at >= since (RFC 3339)"),
+        ("until" = Option<String>, Query, description = "occurred_at < until (RFC 3339)"),
+        ("q" = Option<String>, Query, description = "Full text: every word must appear"),
+        ("limit" = Option<usize>, Query, description = "Page size, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, description = "`{\"data\": [event, ...], \"next_cursor\": string|null}`"), (status = 400), (status = 401)),
+    security(("bearer" = [])))]
+async fn list_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let query = parse_query(&params, state.config.limits.max_page_size)?;
+    let page = state.store.query(p.project, query).await?;
+    let mut body = Vec::with_capacity(page.events.iter().map(|e| e.leaf.len() + 1).sum::<usize>() + 64);
+    body.extend_from_slice(b"{\"data\":[");
+    for (i, e) in page.events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&e.leaf);
+    }
+    body.extend_from_slice(b"],\"next_cursor\":");
+    match page.next_before {
+        Some(seq) => body.extend_from_slice(format!("\"{}\"}}", encode_cursor(seq)).as_bytes()),
+        None => body.extend_from_slice(b"null}"),
+    }
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// One event.
+#[utoipa::path(get, path = "/v1/events/{id}", params(("id" = String, Path, description = "Event id")),
+    responses((status = 200, description = "The event (its leaf encoding)"), (status = 404)), security(("bearer" = [])))]
+async fn get_event(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::not_found("event"))?;
+    let e = state.store.get(p.project, id).await?.ok_or_else(|| ApiError::not_found("event"))?;
+    Ok(json_response(StatusCode::OK, e.leaf))
+}
+
+/// Collects the node ids a tlog computation asks for, answering zeros.
+struct Recorder(std::sync::Mutex<Vec<NodeId>>);
+
+impl HashReader for Recorder {
+    fn read_hashes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, TlogError> {
+        self.0.lock().expect("lock").extend_from_slice(ids);
+        Ok(vec![[0u8; 32]; ids.len()])
+    }
+}
+
+/// Runs a pure tlog computation over stored nodes: once to learn which
+/// nodes it reads, one batched store read, then again over those nodes.
+async fn with_nodes<T>(
+    state: &AppState,
+    tenant_id: i64,
+    f: impl Fn(&dyn HashReader) -> Result<T, TlogError>,
+) -> Result<T, ApiError> {
+    let recorder = Recorder(std::sync::Mutex::default());
+    f(&recorder).map_err(tlog_error)?;
+    let ids = recorder.0.into_inner().expect("lock");
+    let hashes = state.store.read_nodes(tenant_id, ids.clone()).await?;
+    let map: HashMap<NodeId, Hash> = ids.into_iter().zip(hashes).collect();
+    f(&map).map_err(tlog_error)
+}
+
+fn tlog_error(e: TlogError) -> ApiError {
+    match e {
+        TlogError::OutOfRange { .. } => ApiError::new(StatusCode::BAD_REQUEST, "out_of_range", e.to_string()),
+        other => {
+            let mut err = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
+            err.cause = Some(other.to_string());
+            err
+        }
+    }
+}
+
+async fn head(state: &AppState, p: &Principal, tenant: &str) -> Result<TreeHead, ApiError> {
+    state
+        .store
+        .tree_head(p.project, tenant.to_owned())
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))
+}
+
+async fn signed_checkpoint(state: &AppState, p: &Principal, tenant: &str, head: &TreeHead, size: u64) -> Result<String, ApiError> {
+    let root = if size == head.size {
+        head.root
+    } else {
+        with_nodes(state, head.tenant_id, |r| tlog::tree_hash(size, r)).await?
+    };
+    Ok(state.log.sign(state.log.origin(&p.project_name, tenant), size, root))
+}
+
+fn size_param(params: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
+    params
+        .get(key)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                let mut e = ApiError::validation(vec![Violation { field: key.into(), code: "invalid", message: "must be a non-negative integer".into() }]);
+                e.status = StatusCode::BAD_REQUEST;
+                e.code = "invalid_query";
+                e
+            })
+        })
+        .transpose()
+}
+
+/// The tenant's latest signed checkpoint (C2SP tlog-checkpoint, signed note).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/checkpoint", params(("tenant" = String, Path)),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 404)), security(("bearer" = [])))]
+async fn checkpoint(State(state): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let h = head(&state, &p, &tenant).await?;
+    let note = signed_checkpoint(&state, &p, &tenant, &h, h.size).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+/// Inclusion proof of an event in its tenant's log.
+#[utoipa::path(get, path = "/v1/events/{id}/proof",
+    params(("id" = String, Path), ("tree_size" = Option<u64>, Query, description = "Default: the latest size")),
+    responses((status = 200, body = ProofOut), (status = 400), (status = 404)), security(("bearer" = [])))]
+async fn event_proof(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::not_found("event"))?;
+    let stored = state.store.get(p.project, id).await?.ok_or_else(|| ApiError::not_found("event"))?;
+    let event = Event::from_leaf(&stored.leaf).map_err(|e| {
+        let mut err = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
+        err.cause = Some(format!("undecodable leaf: {e}"));
+        err
+    })?;
+    let h = head(&state, &p, &event.tenant).await?;
+    let size = size_param(&params, "tree_size")?.unwrap_or(h.size);
+    if size <= event.index || size > h.size {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "out_of_range",
+            format!("tree_size must be in {}..={}", event.index + 1, h.size),
+        ));
+    }
+    let index = event.index;
+    let hashes = with_nodes(&state, h.tenant_id, |r| tlog::inclusion_proof(index, size, r)).await?;
+    let checkpoint = signed_checkpoint(&state, &p, &event.tenant, &h, size).await?;
+    Ok(axum::Json(ProofOut {
+        leaf_index: index,
+        tree_size: size,
+        leaf_hash: B64.encode(tlog::leaf_hash(&stored.leaf)),
+        hashes: hashes.iter().map(|h| B64.encode(h)).collect(),
+        checkpoint,
+    })
+    .into_response())
+}
+
+/// Consistency proof between two sizes of a tenant's log.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/consistency",
+    params(("tenant" = String, Path), ("from" = u64, Query), ("to" = Option<u64>, Query, description = "Default: the latest size")),
+    responses((status = 200, body = ConsistencyOut), (status = 400), (status = 404)), security(("bearer" = [])))]
+async fn consistency(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let h = head(&state, &p, &tenant).await?;
+    let from = size_param(&params, "from")?.unwrap_or(0);
+    let to = size_param(&params, "to")?.unwrap_or(h.size);
+    if from > to || to > h.size {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "out_of_range", format!("need from <= to <= {}", h.size)));
+    }
+    let hashes = with_nodes(&state, h.tenant_id, |r| tlog::consistency_proof(from, to, r)).await?;
+    Ok(axum::Json(ConsistencyOut { from, to, hashes: hashes.iter().map(|h| B64.encode(h)).collect() }).into_response())
+}
+
+/// Rows per store read while exporting.
+const EXPORT_CHUNK: u64 = 1000;
+
+/// Every event of a tenant, one leaf per line, then the checkpoint.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/export",
+    params(("tenant" = String, Path), ("format" = Option<String>, Query, description = "Only `ndjson`")),
+    responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 404)), security(("bearer" = [])))]
+async fn export(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    if params.get("format").is_some_and(|f| f != "ndjson") {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "unsupported_format", "format must be ndjson"));
+    }
+    let h = head(&state, &p, &tenant).await?;
+    let checkpoint = signed_checkpoint(&state, &p, &tenant, &h, h.size).await?;
+    let stream = crate::export::stream(state.store.clone(), h.tenant_id, h.size, checkpoint, EXPORT_CHUNK);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

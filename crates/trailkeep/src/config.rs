@@ -1,0 +1,350 @@
+//! Layered configuration: defaults, then an optional TOML file, then
+//! `TRAILKEEP_*` environment variables (`__` separates nested keys, so
+//! `limits.max_body_bytes` is `TRAILKEEP_LIMITS__MAX_BODY_BYTES`), then
+//! command-line flags. Semantics are checked once, at startup, and every
+//! error names both the config key and its environment variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Environment variables that are read but are not config keys.
+const NON_KEY_VARS: &[&str] = &["TRAILKEEP_API_KEY", "TRAILKEEP_CONFIG", "TRAILKEEP_LOG"];
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (`TRAILKEEP_LISTEN`; `PORT` alone means `0.0.0.0:PORT`).
+    pub listen: String,
+    /// Directory of the embedded store and the log signing key.
+    pub data_dir: PathBuf,
+    /// Store URL: `sqlite://PATH`; default `sqlite://<data_dir>/trailkeep.db`.
+    pub store: Option<String>,
+    /// Name of this log: the signing key name and the prefix of every
+    /// checkpoint origin. No spaces or `+`.
+    pub log_name: String,
+    /// Request and field limits.
+    pub limits: Limits,
+    /// Group-commit tuning.
+    pub commit: CommitConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("trailkeep-data"),
+            store: None,
+            log_name: "trailkeep.local".into(),
+            limits: Limits::default(),
+            commit: CommitConfig::default(),
+        }
+    }
+}
+
+/// Explicit limits on what a request may carry. Every one is enforced and
+/// tested; a request over any limit is refused whole and stores nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body in bytes (default 1 MiB).
+    pub max_body_bytes: usize,
+    /// Most events in one batch request.
+    pub max_batch_events: usize,
+    /// Deepest JSON nesting of a request body.
+    pub max_json_depth: usize,
+    /// Longest identifier-like field in characters (tenant, action, ids, tags).
+    pub max_short_field: usize,
+    /// Longest free-text field in characters (description, names, paths).
+    pub max_text_field: usize,
+    /// Largest `metadata` object, serialized, in bytes.
+    pub max_metadata_bytes: usize,
+    /// Most tags on one event.
+    pub max_tags: usize,
+    /// Most targets on one event.
+    pub max_targets: usize,
+    /// Largest `limit` a list request may ask for.
+    pub max_page_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_batch_events: 1000,
+            max_json_depth: 32,
+            max_short_field: 256,
+            max_text_field: 8192,
+            max_metadata_bytes: 64 * 1024,
+            max_tags: 64,
+            max_targets: 64,
+            max_page_size: 1000,
+        }
+    }
+}
+
+/// How the single writer groups appends into transactions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommitConfig {
+    /// Most events in one transaction.
+    pub max_batch_events: usize,
+    /// After draining the queue, how long the writer waits for more work
+    /// before committing a batch smaller than `max_batch_events`, in
+    /// microseconds. 0 commits whatever has queued.
+    pub window_us: u64,
+    /// Most append requests waiting for the writer; beyond it requests get 503.
+    pub queue_capacity: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_events: 4096,
+            window_us: 200,
+            queue_capacity: 16 * 1024,
+        }
+    }
+}
+
+/// Flags given on the command line; they override everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config`.
+    pub config_file: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--store`.
+    pub store: Option<String>,
+}
+
+/// The environment variable that sets config key `key` (`a.b_c` → `TRAILKEEP_A__B_C`).
+#[must_use]
+pub fn env_var_for(key: &str) -> String {
+    format!("TRAILKEEP_{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+impl Config {
+    /// Loads the layered configuration from `env` (pairs of name and value)
+    /// and the overrides. Returns the config and warnings to log.
+    ///
+    /// # Errors
+    /// An unreadable file, an unknown key or a bad value, naming the config
+    /// key and the environment variable.
+    pub fn load(
+        overrides: &Overrides,
+        env: &[(String, String)],
+    ) -> anyhow::Result<(Self, Vec<String>)> {
+        let mut warnings = Vec::new();
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let file = overrides
+            .config_file
+            .clone()
+            .or_else(|| get("TRAILKEEP_CONFIG").map(PathBuf::from));
+        let mut table = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read config file {} (--config / TRAILKEEP_CONFIG): {e}", path.display())
+                })?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    anyhow::anyhow!("config file {} is not valid TOML: {e}", path.display())
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        if let Some(port) = get("PORT") {
+            if get("TRAILKEEP_LISTEN").is_none() {
+                table.insert("listen".into(), toml::Value::String(format!("0.0.0.0:{port}")));
+            }
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("TRAILKEEP_") else { continue };
+            if NON_KEY_VARS.contains(&name.as_str()) || name.starts_with("TRAILKEEP_TEST_") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if !is_known_key(&path) {
+                warnings.push(format!("ignoring unknown environment variable {name}"));
+                continue;
+            }
+            insert_path(&mut table, &path, parse_env_value(value));
+        }
+        let mut config: Self = Self::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e} (check the config file and TRAILKEEP_* variables)"))?;
+        if let Some(v) = &overrides.listen {
+            config.listen.clone_from(v);
+        }
+        if let Some(v) = &overrides.data_dir {
+            config.data_dir.clone_from(v);
+        }
+        if let Some(v) = &overrides.store {
+            config.store = Some(v.clone());
+        }
+        config.validate()?;
+        Ok((config, warnings))
+    }
+
+    /// Loads from the process environment.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_env(overrides: &Overrides) -> anyhow::Result<(Self, Vec<String>)> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load(overrides, &env)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        fn bad(key: &str, why: &str) -> anyhow::Error {
+            anyhow::anyhow!("invalid config key `{key}` (env {}): {why}", env_var_for(key))
+        }
+        self.listen
+            .parse::<SocketAddr>()
+            .map_err(|_| bad("listen", "expected HOST:PORT with an IP address, e.g. 127.0.0.1:8080"))?;
+        if self.log_name.is_empty() || self.log_name.contains('+') || self.log_name.chars().any(char::is_whitespace) {
+            return Err(bad("log_name", "must be non-empty with no spaces or '+'"));
+        }
+        if let Some(url) = &self.store {
+            if !url.starts_with("sqlite://") {
+                return Err(bad("store", "only sqlite://PATH is supported by this build"));
+            }
+        }
+        let l = &self.limits;
+        for (key, v, min) in [
+            ("limits.max_body_bytes", l.max_body_bytes, 256),
+            ("limits.max_batch_events", l.max_batch_events, 1),
+            ("limits.max_json_depth", l.max_json_depth, 4),
+            ("limits.max_short_field", l.max_short_field, 8),
+            ("limits.max_text_field", l.max_text_field, 8),
+            ("limits.max_metadata_bytes", l.max_metadata_bytes, 2),
+            ("limits.max_page_size", l.max_page_size, 1),
+            ("commit.max_batch_events", self.commit.max_batch_events, 1),
+            ("commit.queue_capacity", self.commit.queue_capacity, 1),
+        ] {
+            if v < min {
+                return Err(bad(key, &format!("must be at least {min}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The SQLite database file this config points at.
+    #[must_use]
+    pub fn sqlite_path(&self) -> PathBuf {
+        match &self.store {
+            Some(url) => PathBuf::from(url.trim_start_matches("sqlite://")),
+            None => self.data_dir.join("trailkeep.db"),
+        }
+    }
+
+    /// Where the log signing key lives.
+    #[must_use]
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.data_dir.join("log-signing.key")
+    }
+
+    /// The data directory.
+    #[must_use]
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+const KNOWN_KEYS: &[&[&str]] = &[
+    &["listen"],
+    &["data_dir"],
+    &["store"],
+    &["log_name"],
+    &["limits", "max_body_bytes"],
+    &["limits", "max_batch_events"],
+    &["limits", "max_json_depth"],
+    &["limits", "max_short_field"],
+    &["limits", "max_text_field"],
+    &["limits", "max_metadata_bytes"],
+    &["limits", "max_tags"],
+    &["limits", "max_targets"],
+    &["limits", "max_page_size"],
+    &["commit", "max_batch_events"],
+    &["commit", "window_us"],
+    &["commit", "queue_capacity"],
+];
+
+fn is_known_key(path: &[String]) -> bool {
+    KNOWN_KEYS
+        .iter()
+        .any(|k| k.len() == path.len() && k.iter().zip(path).all(|(a, b)| a == b))
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    if let Ok(i) = value.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match value {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(value.to_owned()),
+    }
+}
+
+fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("paths are non-empty");
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = entry.as_table_mut().expect("just made a table");
+    }
+    t.insert(last.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\n[limits]\nmax_batch_events = 5\nmax_tags = 3\n").unwrap();
+        let o = Overrides { config_file: Some(file), listen: Some("127.0.0.1:3".into()), ..Default::default() };
+        let (c, warnings) = Config::load(&o, &env(&[
+            ("TRAILKEEP_LISTEN", "127.0.0.1:2"),
+            ("TRAILKEEP_LIMITS__MAX_TAGS", "9"),
+            ("TRAILKEEP_BOGUS", "1"),
+        ])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3");
+        assert_eq!(c.limits.max_batch_events, 5);
+        assert_eq!(c.limits.max_tags, 9);
+        assert_eq!(warnings, vec!["ignoring unknown environment variable TRAILKEEP_BOGUS".to_owned()]);
+    }
+
+    #[test]
+    fn port_sets_listen_unless_trailkeep_listen_is_set() {
+        let (c, _) = Config::load(&Overrides::default(), &env(&[("PORT", "9000")])).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        let (c, _) = Config::load(&Overrides::default(), &env(&[("PORT", "9000"), ("TRAILKEEP_LISTEN", "127.0.0.1:7")])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7");
+    }
+
+    #[test]
+    fn errors_name_key_and_env_var() {
+        let err = Config::load(&Overrides::default(), &env(&[("TRAILKEEP_LIMITS__MAX_BODY_BYTES", "3")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("limits.max_body_bytes") && msg.contains("TRAILKEEP_LIMITS__MAX_BODY_BYTES"), "{msg}");
+        let err = Config::load(&Overrides::default(), &env(&[("TRAILKEEP_LISTEN", "nope")])).unwrap_err();
+        assert!(err.to_string().contains("TRAILKEEP_LISTEN"), "{err}");
+        let err = Config::load(&Overrides::default(), &env(&[("TRAILKEEP_LIMITS__MAX_TAGS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("max_tags"), "{err}");
+    }
+}

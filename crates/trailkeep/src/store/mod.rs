@@ -1,0 +1,197 @@
+//! The storage contract ([`EventStore`]) and its SQLite implementation.
+//!
+//! Architecture invariant: an append returns a durably assigned index for
+//! every event or an error; nothing is acknowledged before the transaction
+//! holding the events *and* their Merkle tree nodes has committed with a
+//! durable sync. Per-tenant indexes are contiguous from 0.
+
+pub mod sqlite;
+
+mod schema;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tlog::{Hash, NodeId};
+use uuid::Uuid;
+
+use crate::model::{Event, Time};
+
+/// Numeric id of a project (the owner of API keys).
+pub type ProjectId = i64;
+
+/// Everything the store can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The write queue is full; the caller should retry later.
+    #[error("the store is overloaded")]
+    Overloaded,
+    /// The store is shutting down or its writer died.
+    #[error("the store is unavailable")]
+    Unavailable,
+    /// Stored data contradicts itself.
+    #[error("store corrupted: {0}")]
+    Corrupted(String),
+    /// The database refused or failed.
+    #[error("backend error")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Backend(Box::new(e))
+    }
+}
+
+/// A boxed future returned by [`EventStore`] methods.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Renders the response of an idempotent request from its receipts, so the
+/// response can be stored in the same transaction as the events.
+pub type RenderResponse = Box<dyn FnOnce(&[Receipt]) -> StoredResponse + Send>;
+
+/// A response kept for idempotent replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+/// The idempotency key of a request and a digest of what it asked for.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// Caller's `Idempotency-Key`.
+    pub key: String,
+    /// SHA-256 of the route and body; a retry must match it.
+    pub request_hash: [u8; 32],
+}
+
+/// One append request: all its events commit together or not at all.
+pub struct AppendJob {
+    /// Owner of the events.
+    pub project: ProjectId,
+    /// Validated events; `index` is assigned by the store.
+    pub events: Vec<Event>,
+    /// Present when the caller sent `Idempotency-Key`.
+    pub idempotency: Option<(Idempotency, RenderResponse)>,
+}
+
+/// What the store says about one appended event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Event id.
+    pub id: Uuid,
+    /// Tenant name.
+    pub tenant: String,
+    /// Assigned leaf index.
+    pub index: u64,
+    /// Receive time.
+    pub received_at: Time,
+    /// RFC 6962 leaf hash of the event's leaf encoding.
+    pub leaf_hash: Hash,
+}
+
+/// Result of an append.
+#[derive(Debug)]
+pub enum AppendOutcome {
+    /// Durably committed.
+    Committed(Vec<Receipt>),
+    /// An earlier request with the same idempotency key and body; its response.
+    Replayed(StoredResponse),
+    /// The idempotency key was used with a different request.
+    IdempotencyConflict,
+}
+
+/// A stored event as read back.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Commit-order sequence number across the store (cursor key).
+    pub seq: i64,
+    /// Internal tenant id (for proofs).
+    pub tenant_id: i64,
+    /// The leaf bytes: the event's canonical JSON.
+    pub leaf: Vec<u8>,
+}
+
+/// Filters for listing events; all given filters must match.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Exact tenant name.
+    pub tenant: Option<String>,
+    /// Exact actor id.
+    pub actor: Option<String>,
+    /// Exact action.
+    pub action: Option<String>,
+    /// Action prefix (from `user.*`).
+    pub action_prefix: Option<String>,
+    /// Exact target id.
+    pub target: Option<String>,
+    /// Exact tag.
+    pub tag: Option<String>,
+    /// `success` or `failure`.
+    pub result: Option<String>,
+    /// `occurred_at >= since`.
+    pub since: Option<Time>,
+    /// `occurred_at < until`.
+    pub until: Option<Time>,
+    /// Full-text terms, all of which must appear.
+    pub text_terms: Vec<String>,
+    /// Only events with `seq < before` (keyset cursor).
+    pub before: Option<i64>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// One page of results, newest first.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Matching events.
+    pub events: Vec<StoredEvent>,
+    /// Present when more results follow: pass as `before` for the next page.
+    pub next_before: Option<i64>,
+}
+
+/// The project an API key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Key id (for audit, never the key).
+    pub key_id: i64,
+    /// Project id.
+    pub project: ProjectId,
+    /// Project name.
+    pub project_name: String,
+}
+
+/// The current head of a tenant's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeHead {
+    /// Internal tenant id.
+    pub tenant_id: i64,
+    /// Tree size.
+    pub size: u64,
+    /// Merkle root of that size.
+    pub root: Hash,
+}
+
+/// The storage contract every backend implements.
+pub trait EventStore: Send + Sync {
+    /// Durably appends a job's events (see the module invariant).
+    fn append(&self, job: AppendJob) -> StoreFuture<'_, AppendOutcome>;
+    /// One event by id within a project.
+    fn get(&self, project: ProjectId, id: Uuid) -> StoreFuture<'_, Option<StoredEvent>>;
+    /// Lists events newest first.
+    fn query(&self, project: ProjectId, query: EventQuery) -> StoreFuture<'_, Page>;
+    /// The principal of an API key, by the key's SHA-256.
+    fn authenticate(&self, key_hash: [u8; 32]) -> StoreFuture<'_, Option<Principal>>;
+    /// Head of a tenant's log, if the tenant exists.
+    fn tree_head(&self, project: ProjectId, tenant: String) -> StoreFuture<'_, Option<TreeHead>>;
+    /// Stored complete-subtree hashes of a tenant's tree.
+    fn read_nodes(&self, tenant_id: i64, ids: Vec<NodeId>) -> StoreFuture<'_, Vec<Hash>>;
+    /// Events of a tenant with `index` in `[from, to)`, in index order.
+    fn scan_tenant(&self, tenant_id: i64, from: u64, to: u64) -> StoreFuture<'_, Vec<StoredEvent>>;
+    /// Succeeds when the store can serve reads and writes.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+}

@@ -1,0 +1,772 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! Writes go through a single writer thread that drains a bounded queue and
+//! commits everything queued as one transaction (group commit) with
+//! `synchronous = FULL`, so the WAL is fsynced before any caller is
+//! answered. Reads use a small pool of read-only connections that run
+//! concurrently with the writer. A checkpointer thread copies the WAL into
+//! the database file in the background so the writer never waits on it.
+//! Full-text indexing runs on the writer thread *after* the acknowledging
+//! commit, in its own transaction, driven by the `fts_watermark` row.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tlog::{Frontier, Hash, HashReader, NodeId, TlogError};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::{
+    AppendJob, AppendOutcome, EventQuery, EventStore, Page, Principal, ProjectId, Receipt,
+    StoreError, StoreFuture, StoredEvent, StoredResponse, TreeHead, schema,
+};
+use crate::config::CommitConfig;
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::model::Time;
+
+/// How long an idempotency key is remembered.
+const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
+/// Most events the deferred full-text indexer handles per transaction.
+const FTS_CHUNK: i64 = 4096;
+/// The indexer runs at least this often while the writer is busy, which
+/// bounds search staleness well under one second.
+const FTS_MAX_LAG: Duration = Duration::from_millis(200);
+/// Background WAL checkpoint period.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
+struct Queued {
+    job: AppendJob,
+    reply: Reply,
+}
+
+/// The SQLite [`EventStore`].
+pub struct SqliteStore {
+    path: PathBuf,
+    tx: Mutex<Option<SyncSender<Queued>>>,
+    readers: Arc<ReadPool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+    writer_alive: Arc<AtomicBool>,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Opens (creating if needed) and migrates a database for offline use by
+/// the CLI or for startup work.
+///
+/// # Errors
+/// When the file cannot be opened or the schema is newer than this build.
+pub fn open_admin(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        }
+    }
+    let mut conn = Connection::open(path)?;
+    configure(&conn)?;
+    schema::migrate_sqlite(&mut conn)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, migrating it and starting the writer and
+    /// checkpointer threads.
+    ///
+    /// # Errors
+    /// When the database cannot be opened or migrated.
+    pub fn open(path: &Path, commit: &CommitConfig, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        let conn = open_admin(path)?;
+        // The checkpointer thread owns checkpoints; the writer never blocks on one.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "cache_size", -32_000)?;
+        let watermark: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'fts_watermark'", [], |r| r.get(0))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(commit.queue_capacity);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        let writer = Writer {
+            conn,
+            tenants: HashMap::new(),
+            commit: commit.clone(),
+            metrics,
+            fts_watermark: watermark,
+            last_fts: Instant::now(),
+        };
+        let alive = writer_alive.clone();
+        let writer = std::thread::Builder::new()
+            .name("trailkeep-writer".into())
+            .spawn(move || {
+                writer.run(&rx);
+                alive.store(false, Ordering::SeqCst);
+            })
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let ck_path = path.to_owned();
+        let ck_stop = stop.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("trailkeep-checkpoint".into())
+            .spawn(move || run_checkpointer(&ck_path, &ck_stop))
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(Self {
+            path: path.to_owned(),
+            tx: Mutex::new(Some(tx)),
+            readers: Arc::new(ReadPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            writer: Mutex::new(Some(writer)),
+            checkpointer: Mutex::new(Some(checkpointer)),
+            stop,
+            writer_alive,
+        })
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting appends, lets the writer finish what is queued, and
+    /// joins the background threads.
+    pub fn close(&self) {
+        drop(self.tx.lock().expect("lock").take());
+        if let Some(h) = self.writer.lock().expect("lock").take() {
+            let _ = h.join();
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.checkpointer.lock().expect("lock").take() {
+            let _ = h.join();
+        }
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let pool = self.readers.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || pool.with(f))
+                .await
+                .map_err(|e| StoreError::Backend(Box::new(e)))?
+        })
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn run_checkpointer(path: &Path, stop: &AtomicBool) {
+    let Ok(conn) = Connection::open(path) else { return };
+    let _ = conn.busy_timeout(Duration::from_secs(1));
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.idle.lock().expect("lock").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(Duration::from_secs(10))?;
+                c
+            }
+        };
+        let res = f(&conn);
+        let mut idle = self.idle.lock().expect("lock");
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+        res
+    }
+}
+
+/// Reads tree nodes of one tenant through any connection.
+struct NodeReader<'c> {
+    conn: &'c Connection,
+    tenant_id: i64,
+}
+
+impl HashReader for NodeReader<'_> {
+    fn read_hashes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, TlogError> {
+        read_nodes(self.conn, self.tenant_id, ids).map_err(|e| TlogError::Reader(e.to_string()))
+    }
+}
+
+fn read_nodes(conn: &Connection, tenant_id: i64, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT hash FROM tree_nodes WHERE tenant_id = ?1 AND level = ?2 AND idx = ?3")?;
+    ids.iter()
+        .map(|id| {
+            let blob: Option<Vec<u8>> = stmt
+                .query_row(params![tenant_id, id.level, id.index as i64], |r| r.get(0))
+                .optional()?;
+            blob.and_then(|b| <Hash>::try_from(b.as_slice()).ok())
+                .ok_or_else(|| StoreError::Corrupted(format!("tenant {tenant_id}: tree node {id:?} is missing")))
+        })
+        .collect()
+}
+
+#[derive(Clone)]
+struct TenantState {
+    id: i64,
+    frontier: Frontier,
+}
+
+struct Writer {
+    conn: Connection,
+    /// Committed state of every tenant this writer has touched, keyed by
+    /// (project, tenant name). Only the writer appends, so this cache is
+    /// exact; it is cleared whenever a commit fails.
+    tenants: HashMap<(ProjectId, String), TenantState>,
+    commit: CommitConfig,
+    metrics: Arc<Metrics>,
+    fts_watermark: i64,
+    last_fts: Instant,
+}
+
+impl Writer {
+    fn run(mut self, rx: &Receiver<Queued>) {
+        // Events committed before a crash may not be searchable yet.
+        self.index_fts_until_done();
+        let mut pending: Option<Queued> = None;
+        loop {
+            let first = match pending.take() {
+                Some(q) => q,
+                None => match rx.recv_timeout(FTS_MAX_LAG) {
+                    Ok(q) => q,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.index_fts_until_done();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            let mut n_events = first.job.events.len();
+            let mut batch = vec![first];
+            let deadline = Instant::now() + Duration::from_micros(self.commit.window_us);
+            while n_events < self.commit.max_batch_events {
+                let next = match rx.try_recv() {
+                    Ok(q) => Some(q),
+                    Err(_) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            None
+                        } else {
+                            rx.recv_timeout(deadline - now).ok()
+                        }
+                    }
+                };
+                let Some(q) = next else { break };
+                n_events += q.job.events.len();
+                batch.push(q);
+            }
+            self.commit_batch(batch, n_events);
+            // Index for search when idle, or at least every FTS_MAX_LAG when busy.
+            pending = rx.try_recv().ok();
+            if pending.is_none() || self.last_fts.elapsed() >= FTS_MAX_LAG {
+                self.index_fts_chunk();
+            }
+        }
+        self.index_fts_until_done();
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Queued>, n_events: usize) {
+        let started = Instant::now();
+        let mut results: Vec<Result<AppendOutcome, StoreError>> = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
+        let outcome = (|| -> Result<(), StoreError> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = Time::now().as_micros();
+            for Queued { job, reply } in batch {
+                replies.push(reply);
+                tx.execute_batch("SAVEPOINT job")?;
+                let mut job_staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
+                match apply_job(&tx, &self.tenants, &staged, &mut job_staged, job, now) {
+                    Ok(outcome) => {
+                        tx.execute_batch("RELEASE job")?;
+                        staged.extend(job_staged);
+                        results.push(Ok(outcome));
+                    }
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                        results.push(Err(e));
+                    }
+                }
+            }
+            {
+                let mut stmt = tx.prepare_cached("UPDATE tenants SET size = ?1, root = ?2 WHERE id = ?3")?;
+                for state in staged.values() {
+                    stmt.execute(params![state.frontier.size() as i64, &state.frontier.root()[..], state.id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => {
+                self.tenants.extend(staged);
+                self.metrics.observe_commit(n_events, started.elapsed());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed; no event in it was acknowledged");
+                self.tenants.clear();
+                results = (0..replies.len()).map(|_| Err(StoreError::Unavailable)).collect();
+            }
+        }
+        for (reply, res) in replies.into_iter().zip(results) {
+            let _ = reply.send(res);
+        }
+    }
+
+    fn index_fts_until_done(&mut self) {
+        while self.index_fts_chunk() == FTS_CHUNK {}
+    }
+
+    /// Indexes up to [`FTS_CHUNK`] committed events; returns how many.
+    fn index_fts_chunk(&mut self) -> i64 {
+        self.last_fts = Instant::now();
+        let res = (|| -> Result<i64, StoreError> {
+            // The index is derived data: it is rebuilt from the watermark after
+            // a crash, so this transaction need not wait for fsync.
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut n = 0i64;
+            let mut last = self.fts_watermark;
+            {
+                let mut select = tx.prepare_cached("SELECT seq, leaf FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+                let mut insert = tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
+                let mut rows = select.query(params![self.fts_watermark, FTS_CHUNK])?;
+                while let Some(row) = rows.next()? {
+                    let seq: i64 = row.get(0)?;
+                    let leaf: Vec<u8> = row.get(1)?;
+                    let text = crate::model::Event::from_leaf(&leaf)
+                        .map(|e| e.search_text())
+                        .unwrap_or_default();
+                    insert.execute(params![seq, text])?;
+                    last = seq;
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                tx.execute("UPDATE meta SET value = ?1 WHERE key = 'fts_watermark'", params![last])?;
+                tx.commit()?;
+                self.fts_watermark = last;
+            }
+            Ok(n)
+        })();
+        if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
+            tracing::error!(error = %e, "cannot restore synchronous=FULL");
+        }
+        match res {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "full-text indexing failed; will retry");
+                0
+            }
+        }
+    }
+}
+
+fn tenant_state(
+    tx: &Connection,
+    committed: &HashMap<(ProjectId, String), TenantState>,
+    staged: &HashMap<(ProjectId, String), TenantState>,
+    key: &(ProjectId, String),
+    now: i64,
+) -> Result<TenantState, StoreError> {
+    if let Some(s) = staged.get(key).or_else(|| committed.get(key)) {
+        return Ok(s.clone());
+    }
+    let row: Option<(i64, i64)> = tx
+        .query_row(
+            "SELECT id, size FROM tenants WHERE project_id = ?1 AND name = ?2",
+            params![key.0, key.1],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        Some((id, size)) => {
+            let size = u64::try_from(size).map_err(|_| StoreError::Corrupted("negative tree size".into()))?;
+            let frontier = Frontier::load(size, &NodeReader { conn: tx, tenant_id: id })
+                .map_err(|e| StoreError::Corrupted(e.to_string()))?;
+            Ok(TenantState { id, frontier })
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO tenants (project_id, name, size, root, created_at) VALUES (?1, ?2, 0, ?3, ?4)",
+                params![key.0, key.1, &tlog::empty_root()[..], now],
+            )?;
+            Ok(TenantState { id: tx.last_insert_rowid(), frontier: Frontier::empty() })
+        }
+    }
+}
+
+fn apply_job(
+    tx: &Connection,
+    committed: &HashMap<(ProjectId, String), TenantState>,
+    staged: &HashMap<(ProjectId, String), TenantState>,
+    job_staged: &mut HashMap<(ProjectId, String), TenantState>,
+    job: AppendJob,
+    now: i64,
+) -> Result<AppendOutcome, StoreError> {
+    let AppendJob { project, events, idempotency } = job;
+    if let Some((idem, _)) = &idempotency {
+        let prior: Option<(Vec<u8>, u16, Vec<u8>, i64)> = tx
+            .prepare_cached("SELECT request_hash, status, response, created_at FROM idempotency WHERE project_id = ?1 AND key = ?2")?
+            .query_row(params![project, idem.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        if let Some((hash, status, body, created_at)) = prior {
+            if now - created_at < IDEMPOTENCY_TTL_MICROS {
+                if hash == idem.request_hash {
+                    return Ok(AppendOutcome::Replayed(StoredResponse { status, body }));
+                }
+                return Ok(AppendOutcome::IdempotencyConflict);
+            }
+            tx.execute("DELETE FROM idempotency WHERE project_id = ?1 AND key = ?2", params![project, idem.key])?;
+        }
+    }
+    let mut receipts = Vec::with_capacity(events.len());
+    let mut insert_event = tx.prepare_cached(
+        "INSERT INTO events (id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut insert_tag = tx.prepare_cached("INSERT OR IGNORE INTO event_tags (project_id, tag, seq) VALUES (?1, ?2, ?3)")?;
+    let mut insert_target =
+        tx.prepare_cached("INSERT OR IGNORE INTO event_targets (project_id, target_id, seq) VALUES (?1, ?2, ?3)")?;
+    let mut insert_node = tx.prepare_cached("INSERT INTO tree_nodes (tenant_id, level, idx, hash) VALUES (?1, ?2, ?3, ?4)")?;
+    for mut event in events {
+        let key = (project, event.tenant.clone());
+        if !job_staged.contains_key(&key) {
+            let state = tenant_state(tx, committed, staged, &key, now)?;
+            job_staged.insert(key.clone(), state);
+        }
+        let state = job_staged.get_mut(&key).expect("just inserted");
+        event.index = state.frontier.size();
+        let leaf = event.leaf();
+        let leaf_hash = tlog::leaf_hash(&leaf);
+        insert_event.execute(params![
+            event.id.as_bytes(),
+            project,
+            state.id,
+            event.index as i64,
+            event.occurred_at.as_micros(),
+            event.action,
+            event.actor.id,
+            event.result.map(crate::model::Outcome::as_str),
+            leaf,
+        ])?;
+        let seq = tx.last_insert_rowid();
+        for tag in &event.tags {
+            insert_tag.execute(params![project, tag, seq])?;
+        }
+        for target in &event.targets {
+            insert_target.execute(params![project, target.id, seq])?;
+        }
+        for (id, hash) in state.frontier.append(leaf_hash) {
+            insert_node.execute(params![state.id, id.level, id.index as i64, &hash[..]])?;
+        }
+        receipts.push(Receipt {
+            id: event.id,
+            tenant: event.tenant,
+            index: event.index,
+            received_at: event.received_at,
+            leaf_hash,
+        });
+    }
+    if let Some((idem, render)) = idempotency {
+        let response = render(&receipts);
+        tx.execute(
+            "INSERT INTO idempotency (project_id, key, request_hash, status, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![project, idem.key, &idem.request_hash[..], response.status, response.body, now],
+        )?;
+        return Ok(AppendOutcome::Replayed(response));
+    }
+    Ok(AppendOutcome::Committed(receipts))
+}
+
+fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent { seq: row.get(0)?, tenant_id: row.get(1)?, leaf: row.get(2)? })
+}
+
+/// Turns search input into an FTS5 query: every term quoted, all required.
+fn fts_query(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Page, StoreError> {
+    let mut sql = String::from("SELECT seq, tenant_id, leaf FROM events WHERE project_id = ?1");
+    let mut args: Vec<rusqlite::types::Value> = vec![project.into()];
+    let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(t) = &q.tenant {
+        arg(&mut sql, " AND tenant_id = (SELECT id FROM tenants WHERE project_id = ?1 AND name = ?)", t.clone().into());
+    }
+    if let Some(a) = &q.actor {
+        arg(&mut sql, " AND actor_id = ?", a.clone().into());
+    }
+    if let Some(a) = &q.action {
+        arg(&mut sql, " AND action = ?", a.clone().into());
+    }
+    if let Some(p) = &q.action_prefix {
+        arg(&mut sql, " AND action >= ?", p.clone().into());
+        arg(&mut sql, " AND action < ?", format!("{p}\u{10FFFF}").into());
+    }
+    if let Some(t) = &q.target {
+        arg(&mut sql, " AND seq IN (SELECT seq FROM event_targets WHERE project_id = ?1 AND target_id = ?)", t.clone().into());
+    }
+    if let Some(t) = &q.tag {
+        arg(&mut sql, " AND seq IN (SELECT seq FROM event_tags WHERE project_id = ?1 AND tag = ?)", t.clone().into());
+    }
+    if let Some(r) = &q.result {
+        arg(&mut sql, " AND result = ?", r.clone().into());
+    }
+    if let Some(s) = q.since {
+        arg(&mut sql, " AND occurred_at >= ?", s.as_micros().into());
+    }
+    if let Some(u) = q.until {
+        arg(&mut sql, " AND occurred_at < ?", u.as_micros().into());
+    }
+    if !q.text_terms.is_empty() {
+        arg(&mut sql, " AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)", fts_query(&q.text_terms).into());
+    }
+    if let Some(b) = q.before {
+        arg(&mut sql, " AND seq < ?", b.into());
+    }
+    arg(&mut sql, " ORDER BY seq DESC LIMIT ?", (q.limit as i64 + 1).into());
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut events: Vec<StoredEvent> = stmt
+        .query_map(rusqlite::params_from_iter(args), stored_event)?
+        .collect::<Result<_, _>>()?;
+    let next_before = if events.len() > q.limit {
+        events.truncate(q.limit);
+        events.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(Page { events, next_before })
+}
+
+impl EventStore for SqliteStore {
+    fn append(&self, job: AppendJob) -> StoreFuture<'_, AppendOutcome> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            {
+                let guard = self.tx.lock().expect("lock");
+                let Some(sender) = guard.as_ref() else {
+                    return Err(StoreError::Unavailable);
+                };
+                match sender.try_send(Queued { job, reply }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
+                    Err(TrySendError::Disconnected(_)) => return Err(StoreError::Unavailable),
+                }
+            }
+            rx.await.map_err(|_| StoreError::Unavailable)?
+        })
+    }
+
+    fn get(&self, project: ProjectId, id: Uuid) -> StoreFuture<'_, Option<StoredEvent>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT seq, tenant_id, leaf FROM events WHERE id = ?1 AND project_id = ?2")?
+                .query_row(params![id.as_bytes(), project], stored_event)
+                .optional()?)
+        })
+    }
+
+    fn query(&self, project: ProjectId, query: EventQuery) -> StoreFuture<'_, Page> {
+        self.read(move |c| run_query(c, project, &query))
+    }
+
+    fn authenticate(&self, key_hash: [u8; 32]) -> StoreFuture<'_, Option<Principal>> {
+        self.read(move |c| {
+            let row: Option<(i64, Vec<u8>, i64, String)> = c
+                .prepare_cached(
+                    "SELECT k.id, k.key_hash, p.id, p.name FROM api_keys k JOIN projects p ON p.id = k.project_id
+                     WHERE k.key_hash = ?1 AND k.revoked_at IS NULL",
+                )?
+                .query_row(params![&key_hash[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()?;
+            Ok(row.and_then(|(key_id, stored, project, project_name)| {
+                keys::hashes_equal(&stored, &key_hash).then_some(Principal { key_id, project, project_name })
+            }))
+        })
+    }
+
+    fn tree_head(&self, project: ProjectId, tenant: String) -> StoreFuture<'_, Option<TreeHead>> {
+        self.read(move |c| {
+            let row: Option<(i64, i64, Vec<u8>)> = c
+                .prepare_cached("SELECT id, size, root FROM tenants WHERE project_id = ?1 AND name = ?2")?
+                .query_row(params![project, tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            row.map(|(tenant_id, size, root)| {
+                Ok(TreeHead {
+                    tenant_id,
+                    size: u64::try_from(size).map_err(|_| StoreError::Corrupted("negative size".into()))?,
+                    root: root.as_slice().try_into().map_err(|_| StoreError::Corrupted("bad root".into()))?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn read_nodes(&self, tenant_id: i64, ids: Vec<NodeId>) -> StoreFuture<'_, Vec<Hash>> {
+        self.read(move |c| read_nodes(c, tenant_id, &ids))
+    }
+
+    fn scan_tenant(&self, tenant_id: i64, from: u64, to: u64) -> StoreFuture<'_, Vec<StoredEvent>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT seq, tenant_id, leaf FROM events WHERE tenant_id = ?1 AND idx >= ?2 AND idx < ?3 ORDER BY idx",
+            )?
+            .query_map(params![tenant_id, from as i64, to as i64], stored_event)?
+            .collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        let alive = self.writer_alive.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if !alive {
+                return Err(StoreError::Unavailable);
+            }
+            self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+        })
+    }
+}
+
+/// Offline administration of projects and API keys, used by the CLI and at
+/// startup. Keys are stored as SHA-256 digests; the plaintext is returned
+/// once by [`create_key`] and never stored.
+pub mod admin {
+    use super::*;
+
+    /// A listed API key (never the key itself).
+    #[derive(Debug, Clone)]
+    pub struct KeyInfo {
+        /// Key id.
+        pub id: i64,
+        /// Owning project.
+        pub project: String,
+        /// The first characters of the key, for recognition.
+        pub prefix: String,
+        /// Creation time.
+        pub created_at: Time,
+        /// Revocation time, if revoked.
+        pub revoked_at: Option<Time>,
+    }
+
+    /// The id of project `name`, creating it if needed.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn ensure_project(conn: &Connection, name: &str) -> Result<ProjectId, StoreError> {
+        conn.execute(
+            "INSERT INTO projects (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            params![name, Time::now().as_micros()],
+        )?;
+        Ok(conn.query_row("SELECT id FROM projects WHERE name = ?1", params![name], |r| r.get(0))?)
+    }
+
+    /// Stores `key` (hashed) for `project`; a no-op when already stored.
+    /// Returns the key id.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn add_key(conn: &Connection, project: &str, key: &str) -> Result<i64, StoreError> {
+        let project_id = ensure_project(conn, project)?;
+        let hash = keys::hash_key(key);
+        conn.execute(
+            "INSERT INTO api_keys (project_id, key_hash, prefix, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key_hash) DO NOTHING",
+            params![project_id, &hash[..], keys::display_prefix(key), Time::now().as_micros()],
+        )?;
+        Ok(conn.query_row("SELECT id FROM api_keys WHERE key_hash = ?1", params![&hash[..]], |r| r.get(0))?)
+    }
+
+    /// Generates, stores and returns a new key for `project`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn create_key(conn: &Connection, project: &str) -> Result<(i64, String), StoreError> {
+        let key = keys::generate();
+        let id = add_key(conn, project, &key)?;
+        Ok((id, key))
+    }
+
+    /// Number of keys that are not revoked.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn active_key_count(conn: &Connection) -> Result<i64, StoreError> {
+        Ok(conn.query_row("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL", [], |r| r.get(0))?)
+    }
+
+    /// Every key, optionally of one project.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn list_keys(conn: &Connection, project: Option<&str>) -> Result<Vec<KeyInfo>, StoreError> {
+        let mut stmt = conn.prepare(
+            "SELECT k.id, p.name, k.prefix, k.created_at, k.revoked_at FROM api_keys k
+             JOIN projects p ON p.id = k.project_id WHERE ?1 IS NULL OR p.name = ?1 ORDER BY k.id",
+        )?;
+        let rows = stmt.query_map(params![project], |r| {
+            Ok(KeyInfo {
+                id: r.get(0)?,
+                project: r.get(1)?,
+                prefix: r.get(2)?,
+                created_at: Time::from_micros(r.get(3)?),
+                revoked_at: r.get::<_, Option<i64>>(4)?.map(Time::from_micros),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes key `id`; false when no such active key exists.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn revoke_key(conn: &Connection, id: i64) -> Result<bool, StoreError> {
+        let n = conn.execute(
+            "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+            params![Time::now().as_micros(), id],
+        )?;
+        Ok(n == 1)
+    }
+}
