@@ -10,8 +10,8 @@ mod merkle;
 mod note;
 
 pub use merkle::{
-    Frontier, Hash, HashReader, NodeId, consistency_proof, empty_root, inclusion_proof,
-    leaf_hash, node_hash, range_node_ids, tree_hash, verify_consistency, verify_inclusion,
+    Frontier, Hash, HashReader, NodeId, consistency_proof, empty_root, inclusion_proof, leaf_hash,
+    node_hash, range_node_ids, tree_hash, verify_consistency, verify_inclusion,
 };
 pub use note::{Checkpoint, NoteSigner, NoteVerifier, SignedNote};
 

@@ -107,7 +107,9 @@ pub fn range_node_ids(start: u64, end: u64) -> Vec<NodeId> {
 /// Folds the hashes of [`range_node_ids`] into the range's Merkle hash.
 fn fold_range(hashes: &[Hash]) -> Hash {
     let mut iter = hashes.iter().rev();
-    let mut acc = *iter.next().expect("a non-empty range has at least one node");
+    let mut acc = *iter
+        .next()
+        .expect("a non-empty range has at least one node");
     for left in iter {
         acc = node_hash(left, &acc);
     }

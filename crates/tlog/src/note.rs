@@ -30,7 +30,10 @@ fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
 
 fn check_key_name(name: &str) -> Result<(), TlogError> {
     if name.is_empty() || name.contains('+') || name.chars().any(char::is_whitespace) {
-        return Err(malformed("key name", "must be non-empty, without '+' or spaces"));
+        return Err(malformed(
+            "key name",
+            "must be non-empty, without '+' or spaces",
+        ));
     }
     Ok(())
 }
@@ -112,7 +115,12 @@ impl NoteSigner {
         let mut raw = Vec::with_capacity(33);
         raw.push(ALG_ED25519);
         raw.extend_from_slice(self.key.as_bytes());
-        format!("PRIVATE+KEY+{}+{}+{}", self.name, hex4(&self.id), B64.encode(raw))
+        format!(
+            "PRIVATE+KEY+{}+{}+{}",
+            self.name,
+            hex4(&self.id),
+            B64.encode(raw)
+        )
     }
 
     /// The key name.
@@ -270,10 +278,16 @@ impl<'a> SignedNote<'a> {
         let mut signatures = Vec::new();
         for line in sigs[..sigs.len() - 1].split('\n') {
             let Some(rest) = line.strip_prefix(SIG_PREFIX) else {
-                return Err(malformed("note", "signature line must start with an em dash"));
+                return Err(malformed(
+                    "note",
+                    "signature line must start with an em dash",
+                ));
             };
             let Some((name, b64)) = rest.split_once(' ') else {
-                return Err(malformed("note", "signature line needs a name and a signature"));
+                return Err(malformed(
+                    "note",
+                    "signature line needs a name and a signature",
+                ));
             };
             let blob = B64
                 .decode(b64)
@@ -305,7 +319,12 @@ impl Checkpoint {
     /// The note text: `origin\nsize\nbase64(root)\n`.
     #[must_use]
     pub fn to_text(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
     }
 
     /// Parses checkpoint note text (extension lines are ignored).
@@ -373,7 +392,8 @@ mod tests {
     // golang.org/x/mod/sumdb/note, note_test.go and the package example
     // (BSD-3-Clause): Ed25519 is deterministic, so signing must reproduce
     // the published note byte for byte.
-    const GO_SKEY: &str = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+    const GO_SKEY: &str =
+        "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
     const GO_VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
     const GO_TEXT: &str = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
     const GO_NOTE: &str = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n\n\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
@@ -401,7 +421,12 @@ mod tests {
         for bad in ["", "x\n", "x\n\n", "x\n\nno dash\n", "x\n\n\u{2014} a !!\n"] {
             assert!(verifier.verify(bad).is_err(), "{bad:?}");
         }
-        assert!(NoteVerifier::parse("PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").is_err());
+        assert!(
+            NoteVerifier::parse(
+                "PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+            )
+            .is_err()
+        );
         assert!(NoteSigner::new("bad name", &[1u8; 32]).is_err());
         assert!(NoteSigner::new("a+b", &[1u8; 32]).is_err());
     }
@@ -409,10 +434,21 @@ mod tests {
     #[test]
     fn checkpoint_round_trip_and_rejects_garbage() {
         let signer = NoteSigner::new("log.example", &[3u8; 32]).unwrap();
-        let cp = Checkpoint { origin: "log.example/p/t".into(), size: 42, root: [9u8; 32] };
+        let cp = Checkpoint {
+            origin: "log.example/p/t".into(),
+            size: 42,
+            root: [9u8; 32],
+        };
         let signed = cp.sign(&signer).unwrap();
         assert_eq!(Checkpoint::open(&signed, &signer.verifier()).unwrap(), cp);
-        for bad in ["", "o\n", "o\n01\nAAAA\n", "o\n-1\nAAAA\n", "o\n1\nnot base64\n", "o\n1\nAAAA\n"] {
+        for bad in [
+            "",
+            "o\n",
+            "o\n01\nAAAA\n",
+            "o\n-1\nAAAA\n",
+            "o\n1\nnot base64\n",
+            "o\n1\nAAAA\n",
+        ] {
             assert!(Checkpoint::parse(bad).is_err(), "{bad:?}");
         }
         assert!(signer.sign("control\u{7}\n").is_err());

@@ -148,7 +148,10 @@ impl Config {
         let mut table = match &file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    anyhow::anyhow!("cannot read config file {} (--config / TRAILKEEP_CONFIG): {e}", path.display())
+                    anyhow::anyhow!(
+                        "cannot read config file {} (--config / TRAILKEEP_CONFIG): {e}",
+                        path.display()
+                    )
                 })?;
                 text.parse::<toml::Table>().map_err(|e| {
                     anyhow::anyhow!("config file {} is not valid TOML: {e}", path.display())
@@ -156,13 +159,18 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        if let Some(port) = get("PORT") {
-            if get("TRAILKEEP_LISTEN").is_none() {
-                table.insert("listen".into(), toml::Value::String(format!("0.0.0.0:{port}")));
-            }
+        if let Some(port) = get("PORT")
+            && get("TRAILKEEP_LISTEN").is_none()
+        {
+            table.insert(
+                "listen".into(),
+                toml::Value::String(format!("0.0.0.0:{port}")),
+            );
         }
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix("TRAILKEEP_") else { continue };
+            let Some(rest) = name.strip_prefix("TRAILKEEP_") else {
+                continue;
+            };
             if NON_KEY_VARS.contains(&name.as_str()) || name.starts_with("TRAILKEEP_TEST_") {
                 continue;
             }
@@ -173,8 +181,11 @@ impl Config {
             }
             insert_path(&mut table, &path, parse_env_value(value));
         }
-        let mut config: Self = Self::deserialize(toml::Value::Table(table))
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e} (check the config file and TRAILKEEP_* variables)"))?;
+        let mut config: Self = Self::deserialize(toml::Value::Table(table)).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid configuration: {e} (check the config file and TRAILKEEP_* variables)"
+            )
+        })?;
         if let Some(v) = &overrides.listen {
             config.listen.clone_from(v);
         }
@@ -199,18 +210,30 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         fn bad(key: &str, why: &str) -> anyhow::Error {
-            anyhow::anyhow!("invalid config key `{key}` (env {}): {why}", env_var_for(key))
+            anyhow::anyhow!(
+                "invalid config key `{key}` (env {}): {why}",
+                env_var_for(key)
+            )
         }
-        self.listen
-            .parse::<SocketAddr>()
-            .map_err(|_| bad("listen", "expected HOST:PORT with an IP address, e.g. 127.0.0.1:8080"))?;
-        if self.log_name.is_empty() || self.log_name.contains('+') || self.log_name.chars().any(char::is_whitespace) {
+        self.listen.parse::<SocketAddr>().map_err(|_| {
+            bad(
+                "listen",
+                "expected HOST:PORT with an IP address, e.g. 127.0.0.1:8080",
+            )
+        })?;
+        if self.log_name.is_empty()
+            || self.log_name.contains('+')
+            || self.log_name.chars().any(char::is_whitespace)
+        {
             return Err(bad("log_name", "must be non-empty with no spaces or '+'"));
         }
-        if let Some(url) = &self.store {
-            if !url.starts_with("sqlite://") {
-                return Err(bad("store", "only sqlite://PATH is supported by this build"));
-            }
+        if let Some(url) = &self.store
+            && !url.starts_with("sqlite://")
+        {
+            return Err(bad(
+                "store",
+                "only sqlite://PATH is supported by this build",
+            ));
         }
         let l = &self.limits;
         for (key, v, min) in [
@@ -309,42 +332,77 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
     }
 
     #[test]
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:1\"\n[limits]\nmax_batch_events = 5\nmax_tags = 3\n").unwrap();
-        let o = Overrides { config_file: Some(file), listen: Some("127.0.0.1:3".into()), ..Default::default() };
-        let (c, warnings) = Config::load(&o, &env(&[
-            ("TRAILKEEP_LISTEN", "127.0.0.1:2"),
-            ("TRAILKEEP_LIMITS__MAX_TAGS", "9"),
-            ("TRAILKEEP_BOGUS", "1"),
-        ])).unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\n[limits]\nmax_batch_events = 5\nmax_tags = 3\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config_file: Some(file),
+            listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
+        let (c, warnings) = Config::load(
+            &o,
+            &env(&[
+                ("TRAILKEEP_LISTEN", "127.0.0.1:2"),
+                ("TRAILKEEP_LIMITS__MAX_TAGS", "9"),
+                ("TRAILKEEP_BOGUS", "1"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.listen, "127.0.0.1:3");
         assert_eq!(c.limits.max_batch_events, 5);
         assert_eq!(c.limits.max_tags, 9);
-        assert_eq!(warnings, vec!["ignoring unknown environment variable TRAILKEEP_BOGUS".to_owned()]);
+        assert_eq!(
+            warnings,
+            vec!["ignoring unknown environment variable TRAILKEEP_BOGUS".to_owned()]
+        );
     }
 
     #[test]
     fn port_sets_listen_unless_trailkeep_listen_is_set() {
         let (c, _) = Config::load(&Overrides::default(), &env(&[("PORT", "9000")])).unwrap();
         assert_eq!(c.listen, "0.0.0.0:9000");
-        let (c, _) = Config::load(&Overrides::default(), &env(&[("PORT", "9000"), ("TRAILKEEP_LISTEN", "127.0.0.1:7")])).unwrap();
+        let (c, _) = Config::load(
+            &Overrides::default(),
+            &env(&[("PORT", "9000"), ("TRAILKEEP_LISTEN", "127.0.0.1:7")]),
+        )
+        .unwrap();
         assert_eq!(c.listen, "127.0.0.1:7");
     }
 
     #[test]
     fn errors_name_key_and_env_var() {
-        let err = Config::load(&Overrides::default(), &env(&[("TRAILKEEP_LIMITS__MAX_BODY_BYTES", "3")])).unwrap_err();
+        let err = Config::load(
+            &Overrides::default(),
+            &env(&[("TRAILKEEP_LIMITS__MAX_BODY_BYTES", "3")]),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("limits.max_body_bytes") && msg.contains("TRAILKEEP_LIMITS__MAX_BODY_BYTES"), "{msg}");
-        let err = Config::load(&Overrides::default(), &env(&[("TRAILKEEP_LISTEN", "nope")])).unwrap_err();
+        assert!(
+            msg.contains("limits.max_body_bytes")
+                && msg.contains("TRAILKEEP_LIMITS__MAX_BODY_BYTES"),
+            "{msg}"
+        );
+        let err =
+            Config::load(&Overrides::default(), &env(&[("TRAILKEEP_LISTEN", "nope")])).unwrap_err();
         assert!(err.to_string().contains("TRAILKEEP_LISTEN"), "{err}");
-        let err = Config::load(&Overrides::default(), &env(&[("TRAILKEEP_LIMITS__MAX_TAGS", "many")])).unwrap_err();
+        let err = Config::load(
+            &Overrides::default(),
+            &env(&[("TRAILKEEP_LIMITS__MAX_TAGS", "many")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("max_tags"), "{err}");
     }
 }

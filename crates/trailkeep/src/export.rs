@@ -1,13 +1,16 @@
 //! Export bundles and their offline verification.
 //!
-//! A bundle is NDJSON: line `i` (from 0) is the leaf encoding of the event
-//! at index `i`, byte for byte, and the last line is
-//! `{"checkpoint":"<signed note>"}`. Verification needs only `tlog`, the
-//! model and the verifier key.
+//! A bundle is NDJSON. Line `i` (from 0) is
+//! `{"index":i,"leaf_hash":"<base64>","event":<leaf>}` where `<leaf>` is the
+//! event's leaf encoding byte for byte and `leaf_hash` the hash the store
+//! recorded for it; the last line is `{"checkpoint":"<signed note>"}`.
+//! Verification needs only `tlog`, the model and the verifier key.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::Stream;
 use tlog::{Checkpoint, Frontier, NoteVerifier};
 
@@ -27,24 +30,31 @@ pub fn stream(
         async move {
             if from >= size {
                 let note = checkpoint?;
-                let mut line = serde_json::to_vec(&serde_json::json!({ "checkpoint": note })).expect("serializes");
+                let mut line = serde_json::to_vec(&serde_json::json!({ "checkpoint": note }))
+                    .expect("serializes");
                 line.push(b'\n');
                 return Some((Ok(Bytes::from(line)), (from, None)));
             }
             let to = (from + chunk).min(size);
+            // Rows are written as stored, gaps included: judging them is the
+            // verifier's job, so a damaged store still exports what it holds.
             match store.scan_tenant(tenant_id, from, to).await {
-                Ok(rows) if rows.len() as u64 == to - from => {
-                    let mut buf = Vec::with_capacity(rows.iter().map(|r| r.leaf.len() + 1).sum());
+                Ok(rows) => {
+                    let mut buf = Vec::with_capacity(rows.iter().map(|r| r.leaf.len() + 80).sum());
                     for r in rows {
+                        buf.extend_from_slice(
+                            format!(
+                                "{{\"index\":{},\"leaf_hash\":\"{}\",\"event\":",
+                                r.index,
+                                B64.encode(r.leaf_hash)
+                            )
+                            .as_bytes(),
+                        );
                         buf.extend_from_slice(&r.leaf);
-                        buf.push(b'\n');
+                        buf.extend_from_slice(b"}\n");
                     }
                     Some((Ok(Bytes::from(buf)), (to, checkpoint)))
                 }
-                Ok(rows) => Some((
-                    Err(std::io::Error::other(format!("expected {} events from index {from}, found {}", to - from, rows.len()))),
-                    (size, None),
-                )),
                 Err(e) => Some((Err(std::io::Error::other(e.to_string())), (size, None))),
             }
         }
@@ -77,8 +87,14 @@ pub enum VerifyError {
         size: u64,
     },
     /// The root rebuilt from the events differs from the signed root.
-    #[error("root mismatch: the events do not hash to the signed root (first index that differs from the signed tree cannot be told from the root alone)")]
+    #[error("root mismatch: the events do not hash to the signed root")]
     RootMismatch,
+    /// The bundle's first `size` events do not match a trusted checkpoint.
+    #[error("the log forked: its first {size} events differ from the trusted checkpoint")]
+    Forked {
+        /// Size of the trusted checkpoint.
+        size: u64,
+    },
 }
 
 /// A verified bundle's summary.
@@ -90,18 +106,40 @@ pub struct Verified {
     pub events: u64,
 }
 
-/// Verifies a bundle: every line decodes and carries its own index, the
-/// re-hashed leaves rebuild the signed root, and the signature verifies.
+#[derive(serde::Deserialize)]
+struct Line<'a> {
+    index: u64,
+    leaf_hash: String,
+    #[serde(borrow)]
+    event: &'a serde_json::value::RawValue,
+}
+
+/// Verifies a bundle: every line decodes, sits at its own index and
+/// re-hashes to its recorded leaf hash; the leaves rebuild the signed root;
+/// the signature verifies. With `trusted`, an earlier checkpoint of the same
+/// log, the bundle must also extend it (same root at its size), which
+/// catches a log rolled back and re-signed.
 ///
 /// # Errors
 /// The first problem found, naming the index.
-pub fn verify_bundle(bundle: &[u8], verifier: &NoteVerifier) -> Result<Verified, VerifyError> {
+pub fn verify_bundle(
+    bundle: &[u8],
+    verifier: &NoteVerifier,
+    trusted: Option<&Checkpoint>,
+) -> Result<Verified, VerifyError> {
     let mut frontier = Frontier::empty();
     let mut checkpoint_note: Option<String> = None;
+    let mut root_at_trusted = None;
     for line in bundle.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let index = frontier.size();
+        if trusted.is_some_and(|t| t.size == index) {
+            root_at_trusted = Some(frontier.root());
+        }
         if checkpoint_note.is_some() {
-            return Err(VerifyError::BadEvent { index, why: "data after the checkpoint line".into() });
+            return Err(VerifyError::BadEvent {
+                index,
+                why: "data after the checkpoint line".into(),
+            });
         }
         if line.starts_with(b"{\"checkpoint\":") {
             let v: serde_json::Value = serde_json::from_slice(line)
@@ -110,19 +148,62 @@ pub fn verify_bundle(bundle: &[u8], verifier: &NoteVerifier) -> Result<Verified,
             checkpoint_note = Some(note.to_owned());
             continue;
         }
-        let event = Event::from_leaf(line).map_err(|e| VerifyError::BadEvent { index, why: format!("not a leaf: {e}") })?;
-        if event.index != index {
-            return Err(VerifyError::BadEvent { index, why: format!("line holds index {}", event.index) });
+        let bad = |why: String| VerifyError::BadEvent { index, why };
+        let parsed: Line<'_> =
+            serde_json::from_slice(line).map_err(|e| bad(format!("unreadable line: {e}")))?;
+        let leaf = parsed.event.get().as_bytes();
+        let event = Event::from_leaf(leaf).map_err(|e| bad(format!("not a leaf: {e}")))?;
+        if parsed.index != index || event.index != index {
+            return Err(bad(format!(
+                "event missing or out of order: line holds index {} (event says {})",
+                parsed.index, event.index
+            )));
         }
-        frontier.append(tlog::leaf_hash(line));
+        let hash = tlog::leaf_hash(leaf);
+        if B64.encode(hash) != parsed.leaf_hash {
+            return Err(bad(
+                "event payload does not match its recorded leaf hash".into()
+            ));
+        }
+        frontier.append(hash);
+    }
+    if trusted.is_some_and(|t| t.size == frontier.size()) {
+        root_at_trusted = Some(frontier.root());
     }
     let note = checkpoint_note.ok_or(VerifyError::NoCheckpoint)?;
-    let checkpoint = Checkpoint::open(&note, verifier).map_err(|e| VerifyError::Checkpoint(e.to_string()))?;
+    let checkpoint =
+        Checkpoint::open(&note, verifier).map_err(|e| VerifyError::Checkpoint(e.to_string()))?;
     if checkpoint.size != frontier.size() {
-        return Err(VerifyError::SizeMismatch { events: frontier.size(), size: checkpoint.size });
+        return Err(VerifyError::SizeMismatch {
+            events: frontier.size(),
+            size: checkpoint.size,
+        });
     }
     if checkpoint.root != frontier.root() {
         return Err(VerifyError::RootMismatch);
     }
-    Ok(Verified { events: frontier.size(), checkpoint })
+    if let Some(t) = trusted {
+        if t.origin != checkpoint.origin {
+            return Err(VerifyError::Checkpoint(format!(
+                "trusted checkpoint is of {}, the bundle of {}",
+                t.origin, checkpoint.origin
+            )));
+        }
+        if t.size > frontier.size() {
+            return Err(VerifyError::BadEvent {
+                index: frontier.size(),
+                why: format!(
+                    "log rolled back: the trusted checkpoint covers {} events",
+                    t.size
+                ),
+            });
+        }
+        if root_at_trusted != Some(t.root) {
+            return Err(VerifyError::Forked { size: t.size });
+        }
+    }
+    Ok(Verified {
+        events: frontier.size(),
+        checkpoint,
+    })
 }

@@ -57,8 +57,12 @@ impl Server {
     /// signing key cannot be opened.
     pub fn open(config: Config, bootstrap_key: Option<&str>) -> anyhow::Result<Self> {
         let data_dir = config.data_dir().to_owned();
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("creating data directory {} (data_dir / TRAILKEEP_DATA_DIR)", data_dir.display()))?;
+        std::fs::create_dir_all(&data_dir).with_context(|| {
+            format!(
+                "creating data directory {} (data_dir / TRAILKEEP_DATA_DIR)",
+                data_dir.display()
+            )
+        })?;
         let lock_path = data_dir.join("trailkeep.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -66,17 +70,25 @@ impl Server {
             .write(true)
             .open(&lock_path)
             .with_context(|| format!("opening {}", lock_path.display()))?;
-        lock.try_lock()
-            .map_err(|_| anyhow::anyhow!("{} is in use by another trailkeep server", data_dir.display()))?;
+        lock.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "{} is in use by another trailkeep server",
+                data_dir.display()
+            )
+        })?;
         let db = config.sqlite_path();
         let generated_key = {
-            let conn = open_admin(&db).with_context(|| format!("opening store {} (store / TRAILKEEP_STORE)", db.display()))?;
+            let conn = open_admin(&db).with_context(|| {
+                format!("opening store {} (store / TRAILKEEP_STORE)", db.display())
+            })?;
             match bootstrap_key {
                 Some(key) => {
                     admin::add_key(&conn, DEFAULT_PROJECT, key)?;
                     None
                 }
-                None if admin::active_key_count(&conn)? == 0 => Some(admin::create_key(&conn, DEFAULT_PROJECT)?.1),
+                None if admin::active_key_count(&conn)? == 0 => {
+                    Some(admin::create_key(&conn, DEFAULT_PROJECT)?.1)
+                }
                 None => None,
             }
         };
@@ -85,7 +97,12 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(SqliteStore::open(&db, &config.commit, metrics.clone())?);
         let state = api::AppState::new(store.clone(), Arc::new(config), metrics, Arc::new(log));
-        Ok(Self { state, generated_key, store, _lock: lock })
+        Ok(Self {
+            state,
+            generated_key,
+            store,
+            _lock: lock,
+        })
     }
 
     /// Serves HTTP on `listener` until `shutdown` resolves, then drains
@@ -93,9 +110,15 @@ impl Server {
     ///
     /// # Errors
     /// When serving fails.
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let app = api::app(self.state.clone());
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
         drop(self.state);
         let store = self.store;
         tokio::task::spawn_blocking(move || store.close()).await?;

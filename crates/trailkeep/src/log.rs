@@ -18,7 +18,9 @@ pub struct LogKey {
 
 impl std::fmt::Debug for LogKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogKey").field("name", &self.signer.name()).finish_non_exhaustive()
+        f.debug_struct("LogKey")
+            .field("name", &self.signer.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -28,7 +30,9 @@ impl LogKey {
     /// # Errors
     /// When the string is not a valid signer key.
     pub fn from_private_key(skey: &str) -> anyhow::Result<Self> {
-        Ok(Self { signer: NoteSigner::from_private_key(skey).context("invalid log signing key")? })
+        Ok(Self {
+            signer: NoteSigner::from_private_key(skey).context("invalid log signing key")?,
+        })
     }
 
     /// Loads the key at `path`, or creates one named `name` there.
@@ -37,7 +41,8 @@ impl LogKey {
     /// IO failures or a malformed key file.
     pub fn load_or_create(path: &Path, name: &str) -> anyhow::Result<Self> {
         if path.exists() {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             return Self::from_private_key(&text).with_context(|| format!("in {}", path.display()));
         }
         let mut seed = [0u8; 32];
@@ -52,7 +57,9 @@ impl LogKey {
             opts.write(true).create(true).truncate(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let mut f = opts
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
             f.write_all(signer.to_private_key().as_bytes())?;
             f.write_all(b"\n")?;
             f.sync_all()?;
@@ -70,7 +77,12 @@ impl LogKey {
     /// The checkpoint origin of one tenant's log.
     #[must_use]
     pub fn origin(&self, project: &str, tenant: &str) -> String {
-        format!("{}/{}/{}", self.signer.name(), escape(project), escape(tenant))
+        format!(
+            "{}/{}/{}",
+            self.signer.name(),
+            escape(project),
+            escape(tenant)
+        )
     }
 
     /// Signs the checkpoint of a tree.
@@ -114,7 +126,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         assert_eq!(a.origin("p", "a b/c\n"), "log.test/p/a%20b%2Fc%0A");
     }

@@ -10,7 +10,11 @@ use trailkeep::config::{Config, Overrides};
 use trailkeep::store::sqlite::{admin, open_admin};
 
 #[derive(Parser)]
-#[command(name = "trailkeep", version, about = "Self-hostable, tamper-evident audit log")]
+#[command(
+    name = "trailkeep",
+    version,
+    about = "Self-hostable, tamper-evident audit log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,6 +84,9 @@ enum Command {
         /// With --proof: the event JSON; its leaf hash must match the proof.
         #[arg(long)]
         event: Option<PathBuf>,
+        /// A signed checkpoint saved earlier; the bundle must extend it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
     /// Re-hash every stored event against the stored trees.
     Fsck {
@@ -140,7 +147,8 @@ fn load_config(store: &StoreArgs, listen: Option<String>) -> anyhow::Result<Conf
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRAILKEEP_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TRAILKEEP_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -167,10 +175,21 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     println!("{key}");
                 }
                 KeysCommand::List { project } => {
-                    println!("{:>6}  {:<20} {:<12} {:<28} revoked", "id", "project", "prefix", "created");
+                    println!(
+                        "{:>6}  {:<20} {:<12} {:<28} revoked",
+                        "id", "project", "prefix", "created"
+                    );
                     for k in admin::list_keys(&conn, project.as_deref())? {
-                        let revoked = k.revoked_at.map_or_else(|| "-".to_owned(), |t| t.to_string());
-                        println!("{:>6}  {:<20} {:<12} {:<28} {revoked}", k.id, k.project, k.prefix, k.created_at.to_string());
+                        let revoked = k
+                            .revoked_at
+                            .map_or_else(|| "-".to_owned(), |t| t.to_string());
+                        println!(
+                            "{:>6}  {:<20} {:<12} {:<28} {revoked}",
+                            k.id,
+                            k.project,
+                            k.prefix,
+                            k.created_at.to_string()
+                        );
                     }
                 }
                 KeysCommand::Revoke { id } => {
@@ -182,22 +201,39 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Key { command: KeyCommand::Public, store } => {
+        Command::Key {
+            command: KeyCommand::Public,
+            store,
+        } => {
             let config = load_config(&store, None)?;
             let path = config.signing_key_path();
             if !path.exists() {
-                anyhow::bail!("no signing key at {}; start the server once to create it", path.display());
+                anyhow::bail!(
+                    "no signing key at {}; start the server once to create it",
+                    path.display()
+                );
             }
             let key = trailkeep::log::LogKey::load_or_create(&path, &config.log_name)?;
             println!("{}", key.verifier());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { tenant, project, output, store } => {
+        Command::Export {
+            tenant,
+            project,
+            output,
+            store,
+        } => {
             let config = load_config(&store, None)?;
             export(&config, &project, &tenant, output)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { file, key, proof, event } => verify(&file, &key, proof, event),
+        Command::Verify {
+            file,
+            key,
+            proof,
+            event,
+            checkpoint,
+        } => verify(&file, &key, proof, event, checkpoint),
         Command::Fsck { store } => {
             let config = load_config(&store, None)?;
             let conn = open_admin(&config.sqlite_path())?;
@@ -213,7 +249,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Command::Healthcheck { url } => Ok(if healthcheck(&url) { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        Command::Healthcheck { url } => Ok(if healthcheck(&url) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::Openapi => {
             print!("{}", trailkeep::api::openapi::document());
             Ok(ExitCode::SUCCESS)
@@ -222,8 +262,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
 }
 
 fn serve(config: &Config) -> anyhow::Result<ExitCode> {
-    let bootstrap = std::env::var("TRAILKEEP_API_KEY").ok().filter(|k| !k.is_empty());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let bootstrap = std::env::var("TRAILKEEP_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
@@ -249,7 +293,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -264,9 +309,13 @@ async fn shutdown_signal() {
 
 fn healthcheck(url: &str) -> bool {
     use std::io::Read as _;
-    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
     let host = rest.trim_end_matches('/');
-    let Ok(mut stream) = std::net::TcpStream::connect(host) else { return false };
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
     let req = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     if stream.write_all(req.as_bytes()).is_err() {
@@ -277,7 +326,12 @@ fn healthcheck(url: &str) -> bool {
     buf.starts_with(b"HTTP/1.1 200")
 }
 
-fn export(config: &Config, project: &str, tenant: &str, output: Option<PathBuf>) -> anyhow::Result<()> {
+fn export(
+    config: &Config,
+    project: &str,
+    tenant: &str,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
     use futures_util::StreamExt as _;
     let key_path = config.signing_key_path();
     if !key_path.exists() {
@@ -287,13 +341,21 @@ fn export(config: &Config, project: &str, tenant: &str, output: Option<PathBuf>)
     let db = config.sqlite_path();
     let conn = open_admin(&db)?;
     let project_id: i64 = conn
-        .query_row("SELECT id FROM projects WHERE name = ?1", [project], |r| r.get(0))
+        .query_row("SELECT id FROM projects WHERE name = ?1", [project], |r| {
+            r.get(0)
+        })
         .with_context(|| format!("no project {project}"))?;
     drop(conn);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let metrics = std::sync::Arc::new(trailkeep::metrics::Metrics::default());
-        let store = std::sync::Arc::new(trailkeep::store::sqlite::SqliteStore::open(&db, &config.commit, metrics)?);
+        let store = std::sync::Arc::new(trailkeep::store::sqlite::SqliteStore::open(
+            &db,
+            &config.commit,
+            metrics,
+        )?);
         use trailkeep::store::EventStore as _;
         let head = store
             .tree_head(project_id, tenant.to_owned())
@@ -301,7 +363,13 @@ fn export(config: &Config, project: &str, tenant: &str, output: Option<PathBuf>)
             .with_context(|| format!("no tenant {tenant} in project {project}"))?;
         let note = log.sign(log.origin(project, tenant), head.size, head.root);
         let dyn_store: std::sync::Arc<dyn trailkeep::store::EventStore> = store.clone();
-        let mut stream = std::pin::pin!(trailkeep::export::stream(dyn_store, head.tenant_id, head.size, note, 1000));
+        let mut stream = std::pin::pin!(trailkeep::export::stream(
+            dyn_store,
+            head.tenant_id,
+            head.size,
+            note,
+            1000
+        ));
         let mut out: Box<dyn std::io::Write> = match &output {
             Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
             None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
@@ -316,15 +384,35 @@ fn export(config: &Config, project: &str, tenant: &str, output: Option<PathBuf>)
     })
 }
 
-fn verify(file: &PathBuf, key: &str, proof: bool, event: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn verify(
+    file: &PathBuf,
+    key: &str,
+    proof: bool,
+    event: Option<PathBuf>,
+    trusted: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as B64;
     let verifier = tlog::NoteVerifier::parse(key).context("invalid --key")?;
     let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     if !proof {
-        return match trailkeep::export::verify_bundle(&data, &verifier) {
+        let trusted = match trusted {
+            Some(path) => {
+                let note = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Some(
+                    tlog::Checkpoint::open(&note, &verifier)
+                        .context("the trusted checkpoint does not verify")?,
+                )
+            }
+            None => None,
+        };
+        return match trailkeep::export::verify_bundle(&data, &verifier, trusted.as_ref()) {
             Ok(v) => {
-                println!("OK: {} events, checkpoint {} size {}", v.events, v.checkpoint.origin, v.checkpoint.size);
+                println!(
+                    "OK: {} events, checkpoint {} size {}",
+                    v.events, v.checkpoint.origin, v.checkpoint.size
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -336,7 +424,8 @@ fn verify(file: &PathBuf, key: &str, proof: bool, event: Option<PathBuf>) -> any
     let p: serde_json::Value = serde_json::from_slice(&data).context("the proof is not JSON")?;
     let decode = |v: &serde_json::Value| -> anyhow::Result<tlog::Hash> {
         let raw = B64.decode(v.as_str().context("hash must be a string")?)?;
-        raw.try_into().map_err(|_| anyhow::anyhow!("hash must be 32 bytes"))
+        raw.try_into()
+            .map_err(|_| anyhow::anyhow!("hash must be 32 bytes"))
     };
     let leaf_hash = decode(&p["leaf_hash"])?;
     if let Some(path) = event {
@@ -347,10 +436,18 @@ fn verify(file: &PathBuf, key: &str, proof: bool, event: Option<PathBuf>) -> any
             return Ok(ExitCode::FAILURE);
         }
     }
-    let hashes: Vec<tlog::Hash> = p["hashes"].as_array().context("hashes missing")?.iter().map(decode).collect::<Result<_, _>>()?;
+    let hashes: Vec<tlog::Hash> = p["hashes"]
+        .as_array()
+        .context("hashes missing")?
+        .iter()
+        .map(decode)
+        .collect::<Result<_, _>>()?;
     let index = p["leaf_index"].as_u64().context("leaf_index missing")?;
     let size = p["tree_size"].as_u64().context("tree_size missing")?;
-    let checkpoint = match tlog::Checkpoint::open(p["checkpoint"].as_str().context("checkpoint missing")?, &verifier) {
+    let checkpoint = match tlog::Checkpoint::open(
+        p["checkpoint"].as_str().context("checkpoint missing")?,
+        &verifier,
+    ) {
         Ok(c) => c,
         Err(e) => {
             println!("FAILED: checkpoint: {e}");
@@ -358,12 +455,18 @@ fn verify(file: &PathBuf, key: &str, proof: bool, event: Option<PathBuf>) -> any
         }
     };
     if checkpoint.size != size {
-        println!("FAILED: the checkpoint is of size {}, the proof of {size}", checkpoint.size);
+        println!(
+            "FAILED: the checkpoint is of size {}, the proof of {size}",
+            checkpoint.size
+        );
         return Ok(ExitCode::FAILURE);
     }
     match tlog::verify_inclusion(index, size, &leaf_hash, &hashes, &checkpoint.root) {
         Ok(()) => {
-            println!("OK: leaf {index} is included in {} at size {size}", checkpoint.origin);
+            println!(
+                "OK: leaf {index} is included in {} at size {size}",
+                checkpoint.origin
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

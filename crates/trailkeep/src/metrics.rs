@@ -11,7 +11,9 @@ use std::time::Duration;
 /// Upper bounds of the batch-size histogram, in events.
 const BATCH_BUCKETS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 /// Upper bounds of the commit-latency histogram, in microseconds.
-const LATENCY_BUCKETS_US: [u64; 12] = [100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
+const LATENCY_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
 
 struct Histogram {
     buckets: [AtomicU64; 12],
@@ -40,11 +42,19 @@ impl Histogram {
         let mut cumulative = 0;
         for (b, n) in bounds.iter().zip(&self.buckets) {
             cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *b as f64 / scale);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *b as f64 / scale
+            );
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum.load(Ordering::Relaxed) as f64 / scale);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum.load(Ordering::Relaxed) as f64 / scale
+        );
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -81,17 +91,22 @@ impl Metrics {
 
     /// Records one group commit of `n_events` that took `took`.
     pub fn observe_commit(&self, n_events: usize, took: Duration) {
-        self.events_ingested.fetch_add(n_events as u64, Ordering::Relaxed);
+        self.events_ingested
+            .fetch_add(n_events as u64, Ordering::Relaxed);
         self.commits.observe(&BATCH_BUCKETS, n_events as u64);
-        self.commit_latency
-            .observe(&LATENCY_BUCKETS_US, u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        self.commit_latency.observe(
+            &LATENCY_BUCKETS_US,
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        );
     }
 
     /// Prometheus text exposition format 0.0.4.
     #[must_use]
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP trailkeep_http_requests_total HTTP requests by method, route and status.\n");
+        out.push_str(
+            "# HELP trailkeep_http_requests_total HTTP requests by method, route and status.\n",
+        );
         out.push_str("# TYPE trailkeep_http_requests_total counter\n");
         for ((method, route, status), n) in self.requests.lock().expect("lock").iter() {
             let _ = writeln!(
@@ -101,13 +116,29 @@ impl Metrics {
         }
         out.push_str("# HELP trailkeep_events_ingested_total Events durably committed.\n");
         out.push_str("# TYPE trailkeep_events_ingested_total counter\n");
-        let _ = writeln!(out, "trailkeep_events_ingested_total {}", self.events_ingested.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "trailkeep_events_ingested_total {}",
+            self.events_ingested.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP trailkeep_commit_batch_events Events per group commit.\n");
         out.push_str("# TYPE trailkeep_commit_batch_events histogram\n");
-        self.commits.render(&mut out, "trailkeep_commit_batch_events", &BATCH_BUCKETS, 1.0);
-        out.push_str("# HELP trailkeep_commit_seconds Latency of one group commit, fsync included.\n");
+        self.commits.render(
+            &mut out,
+            "trailkeep_commit_batch_events",
+            &BATCH_BUCKETS,
+            1.0,
+        );
+        out.push_str(
+            "# HELP trailkeep_commit_seconds Latency of one group commit, fsync included.\n",
+        );
         out.push_str("# TYPE trailkeep_commit_seconds histogram\n");
-        self.commit_latency.render(&mut out, "trailkeep_commit_seconds", &LATENCY_BUCKETS_US, 1e6);
+        self.commit_latency.render(
+            &mut out,
+            "trailkeep_commit_seconds",
+            &LATENCY_BUCKETS_US,
+            1e6,
+        );
         out
     }
 }

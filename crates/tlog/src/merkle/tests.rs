@@ -72,7 +72,11 @@ fn roots_match_rfc6962_vectors() {
     let want = hexes(&v["roots_by_size_hex"]);
     assert_eq!(roots, want);
     for (size, root) in want.iter().enumerate() {
-        assert_eq!(&tree_hash(size as u64, &store).unwrap(), root, "size {size}");
+        assert_eq!(
+            &tree_hash(size as u64, &store).unwrap(),
+            root,
+            "size {size}"
+        );
     }
 }
 
@@ -81,7 +85,12 @@ fn stored_nodes_match_rfc6962_vectors() {
     let v = vectors();
     let (store, _) = stored_tree(&vector_leaves());
     let mut n_nodes = 0;
-    for (level, hashes) in v["node_hashes_by_level_hex"].as_array().unwrap().iter().enumerate() {
+    for (level, hashes) in v["node_hashes_by_level_hex"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         for (index, h) in hexes(hashes).iter().enumerate() {
             assert_eq!(store[&NodeId::new(level as u8, index as u64)], *h);
             n_nodes += 1;
@@ -99,7 +108,11 @@ fn inclusion_proofs_match_rfc6962_vectors() {
         let index = case["leaf_index"].as_u64().unwrap();
         let size = case["tree_size"].as_u64().unwrap();
         let want = hexes(&case["proof_hex"]);
-        assert_eq!(inclusion_proof(index, size, &store).unwrap(), want, "{case}");
+        assert_eq!(
+            inclusion_proof(index, size, &store).unwrap(),
+            want,
+            "{case}"
+        );
         let leaf = leaf_hash(&leaves[index as usize]);
         verify_inclusion(index, size, &leaf, &want, &roots[size as usize]).unwrap();
     }

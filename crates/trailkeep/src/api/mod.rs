@@ -34,6 +34,9 @@ const AUTH_CACHE_TTL: Duration = Duration::from_secs(2);
 /// Cached authentication results before the cache is flushed.
 const AUTH_CACHE_MAX: usize = 10_000;
 
+/// Key digest → (principal or `None` for an unknown key, when cached).
+type AuthCache = HashMap<[u8; 32], (Option<Principal>, Instant)>;
+
 /// Everything a handler needs.
 #[derive(Clone)]
 pub struct AppState {
@@ -45,14 +48,25 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Signs checkpoints.
     pub log: Arc<crate::log::LogKey>,
-    auth_cache: Arc<Mutex<HashMap<[u8; 32], (Option<Principal>, Instant)>>>,
+    auth_cache: Arc<Mutex<AuthCache>>,
 }
 
 impl AppState {
     /// State over a store.
     #[must_use]
-    pub fn new(store: Arc<dyn EventStore>, config: Arc<Config>, metrics: Arc<Metrics>, log: Arc<crate::log::LogKey>) -> Self {
-        Self { store, config, metrics, log, auth_cache: Arc::default() }
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        log: Arc<crate::log::LogKey>,
+    ) -> Self {
+        Self {
+            store,
+            config,
+            metrics,
+            log,
+            auth_cache: Arc::default(),
+        }
     }
 
     /// Resolves an API key to its project, caching briefly.
@@ -61,10 +75,10 @@ impl AppState {
     /// Store failures.
     pub async fn authenticate(&self, key: &str) -> Result<Option<Principal>, StoreError> {
         let hash = keys::hash_key(key);
-        if let Some((p, at)) = self.auth_cache.lock().expect("lock").get(&hash) {
-            if at.elapsed() < AUTH_CACHE_TTL {
-                return Ok(p.clone());
-            }
+        if let Some((p, at)) = self.auth_cache.lock().expect("lock").get(&hash)
+            && at.elapsed() < AUTH_CACHE_TTL
+        {
+            return Ok(p.clone());
         }
         let principal = self.store.authenticate(hash).await?;
         let mut cache = self.auth_cache.lock().expect("lock");
@@ -85,7 +99,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::serve))
         .merge(native::routes())
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -97,7 +114,9 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let res = next.run(req).await;
-    state.metrics.observe_request(&method, &route, res.status().as_u16());
+    state
+        .metrics
+        .observe_request(&method, &route, res.status().as_u16());
     if let Some(cause) = res.extensions().get::<InternalCause>() {
         tracing::error!(route, cause = %cause.0, "internal error");
     }
@@ -113,14 +132,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "not ready\n").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "not ready\n",
+            )
+                .into_response()
         }
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -152,7 +179,14 @@ impl ApiError {
     /// A problem without field errors.
     #[must_use]
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), errors: Vec::new(), retry_after: None, cause: None }
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after: None,
+            cause: None,
+        }
     }
 
     /// 422 with every violation.
@@ -170,13 +204,21 @@ impl ApiError {
     /// 401.
     #[must_use]
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required: Authorization: Bearer <key>",
+        )
     }
 
     /// 404.
     #[must_use]
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     fn title(&self) -> &'static str {
@@ -188,17 +230,29 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Overloaded => {
-                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the write queue is full; retry shortly");
+                let mut err = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "the write queue is full; retry shortly",
+                );
                 err.retry_after = Some(1);
                 err
             }
             StoreError::Unavailable => {
-                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the store is unavailable; retry shortly");
+                let mut err = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the store is unavailable; retry shortly",
+                );
                 err.retry_after = Some(1);
                 err
             }
             other => {
-                let mut err = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
+                let mut err = Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                );
                 err.cause = Some(format!("{other}: {:?}", std::error::Error::source(&other)));
                 err
             }
@@ -218,9 +272,15 @@ impl IntoResponse for ApiError {
         if !self.errors.is_empty() {
             body["errors"] = serde_json::to_value(&self.errors).expect("violations serialize");
         }
-        let mut res = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        let mut res = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response();
         if let Some(s) = self.retry_after {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         if let Some(cause) = self.cause {
             res.extensions_mut().insert(InternalCause(cause));
@@ -234,7 +294,10 @@ impl IntoResponse for ApiError {
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Why a body could not be turned into JSON.
@@ -254,7 +317,10 @@ pub enum BodyError {
 ///
 /// # Errors
 /// A [`BodyError`] naming the limit or the parse failure.
-pub fn json_body(config: &Config, body: Result<Bytes, BytesRejection>) -> Result<(Bytes, Value), BodyError> {
+pub fn json_body(
+    config: &Config,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Bytes, Value), BodyError> {
     let bytes = match body {
         Ok(b) => b,
         Err(BytesRejection::FailedToBufferBody(e))
@@ -274,14 +340,24 @@ pub fn json_body(config: &Config, body: Result<Bytes, BytesRejection>) -> Result
 impl From<BodyError> for ApiError {
     fn from(e: BodyError) -> Self {
         match e {
-            BodyError::TooLarge(max) => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body exceeds {max} bytes"))
+            BodyError::TooLarge(max) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body exceeds {max} bytes"),
+            ),
+            BodyError::TooDeep(max) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "too_deep",
+                format!("JSON nesting exceeds {max} levels"),
+            ),
+            BodyError::Malformed(msg) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {msg}"),
+            ),
+            BodyError::Unreadable(msg) => {
+                Self::new(StatusCode::BAD_REQUEST, "unreadable_body", msg)
             }
-            BodyError::TooDeep(max) => {
-                Self::new(StatusCode::BAD_REQUEST, "too_deep", format!("JSON nesting exceeds {max} levels"))
-            }
-            BodyError::Malformed(msg) => Self::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {msg}")),
-            BodyError::Unreadable(msg) => Self::new(StatusCode::BAD_REQUEST, "unreadable_body", msg),
         }
     }
 }

@@ -21,7 +21,9 @@ use super::{ApiError, AppState, bearer, json_body};
 use crate::ingest::Violation;
 use crate::ingest::validate::native_event;
 use crate::model::{Event, Time};
-use crate::store::{AppendJob, AppendOutcome, EventQuery, Idempotency, Principal, Receipt, StoredResponse, TreeHead};
+use crate::store::{
+    AppendJob, AppendOutcome, EventQuery, Idempotency, Principal, Receipt, StoredResponse, TreeHead,
+};
 
 /// Routes of the native API.
 pub fn routes() -> Router<AppState> {
@@ -37,7 +39,10 @@ pub fn routes() -> Router<AppState> {
 
 /// An event as sent to `POST /v1/events` (documentation of the wire shape).
 #[derive(ToSchema)]
-#[allow(dead_code, reason = "describes the wire format for OpenAPI; parsing is field-by-field")]
+#[allow(
+    dead_code,
+    reason = "describes the wire format for OpenAPI; parsing is field-by-field"
+)]
 pub struct EventIn {
     /// Tenant (end-customer scope); default `default`.
     tenant: Option<String>,
@@ -166,21 +171,39 @@ pub struct ConsistencyOut {
 
 async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let key = bearer(headers).ok_or_else(ApiError::unauthorized)?;
-    state.authenticate(key).await?.ok_or_else(ApiError::unauthorized)
+    state
+        .authenticate(key)
+        .await?
+        .ok_or_else(ApiError::unauthorized)
 }
 
-fn idempotency_key(headers: &HeaderMap, route: &str, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+fn idempotency_key(
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     let key = v
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+        })?;
     let mut h = Sha256::new();
     h.update(route.as_bytes());
     h.update([0]);
     h.update(body);
-    Ok(Some(Idempotency { key: key.to_owned(), request_hash: h.finalize().into() }))
+    Ok(Some(Idempotency {
+        key: key.to_owned(),
+        request_hash: h.finalize().into(),
+    }))
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
@@ -201,7 +224,8 @@ pub async fn append(
     let job = AppendJob {
         project,
         events,
-        idempotency: idempotency.map(|i| (i, Box::new(render.clone()) as crate::store::RenderResponse)),
+        idempotency: idempotency
+            .map(|i| (i, Box::new(render.clone()) as crate::store::RenderResponse)),
     };
     match state.store.append(job).await.map_err(AppendError::Store)? {
         AppendOutcome::Committed(receipts) => Ok(render(&receipts)),
@@ -245,13 +269,19 @@ async fn create_event(
     let p = principal(&state, &headers).await?;
     let (bytes, value) = json_body(&state.config, body)?;
     let idem = idempotency_key(&headers, "/v1/events", &bytes)?;
-    let event = native_event(&value, &state.config.limits, "", Time::now()).map_err(ApiError::validation)?;
-    let res = append(&state, p.project, vec![event], idem, |r: &[Receipt]| StoredResponse {
-        status: 201,
-        body: serde_json::to_vec(&ReceiptOut::from(&r[0])).expect("serializes"),
+    let event = native_event(&value, &state.config.limits, "", Time::now())
+        .map_err(ApiError::validation)?;
+    let res = append(&state, p.project, vec![event], idem, |r: &[Receipt]| {
+        StoredResponse {
+            status: 201,
+            body: serde_json::to_vec(&ReceiptOut::from(&r[0])).expect("serializes"),
+        }
     })
     .await?;
-    Ok(json_response(StatusCode::from_u16(res.status).unwrap_or(StatusCode::CREATED), res.body))
+    Ok(json_response(
+        StatusCode::from_u16(res.status).unwrap_or(StatusCode::CREATED),
+        res.body,
+    ))
 }
 
 /// Store many events atomically.
@@ -293,15 +323,20 @@ async fn create_batch(
     if !violations.is_empty() {
         return Err(ApiError::validation(violations));
     }
-    let res = append(&state, p.project, events, idem, |r: &[Receipt]| StoredResponse {
-        status: 201,
-        body: serde_json::to_vec(&serde_json::json!({
-            "events": r.iter().map(ReceiptOut::from).collect::<Vec<_>>()
-        }))
-        .expect("serializes"),
+    let res = append(&state, p.project, events, idem, |r: &[Receipt]| {
+        StoredResponse {
+            status: 201,
+            body: serde_json::to_vec(&serde_json::json!({
+                "events": r.iter().map(ReceiptOut::from).collect::<Vec<_>>()
+            }))
+            .expect("serializes"),
+        }
     })
     .await?;
-    Ok(json_response(StatusCode::from_u16(res.status).unwrap_or(StatusCode::CREATED), res.body))
+    Ok(json_response(
+        StatusCode::from_u16(res.status).unwrap_or(StatusCode::CREATED),
+        res.body,
+    ))
 }
 
 fn encode_cursor(seq: i64) -> String {
@@ -310,7 +345,11 @@ fn encode_cursor(seq: i64) -> String {
 
 fn decode_cursor(c: &str) -> Option<i64> {
     let raw = URL_SAFE_NO_PAD.decode(c).ok()?;
-    std::str::from_utf8(&raw).ok()?.strip_prefix("s:")?.parse().ok()
+    std::str::from_utf8(&raw)
+        .ok()?
+        .strip_prefix("s:")?
+        .parse()
+        .ok()
 }
 
 /// Splits free text into the terms the full-text index holds: runs of
@@ -324,17 +363,34 @@ pub fn search_terms(q: &str) -> Vec<String> {
 }
 
 fn parse_query(params: &HashMap<String, String>, max_page: usize) -> Result<EventQuery, ApiError> {
-    const KNOWN: &[&str] = &["tenant", "actor", "action", "target", "tag", "result", "since", "until", "q", "limit", "cursor"];
+    const KNOWN: &[&str] = &[
+        "tenant", "actor", "action", "target", "tag", "result", "since", "until", "q", "limit",
+        "cursor",
+    ];
     let mut errors = Vec::new();
     let mut bad = |field: &str, code: &'static str, message: String| {
-        errors.push(Violation { field: field.to_owned(), code, message });
+        errors.push(Violation {
+            field: field.to_owned(),
+            code,
+            message,
+        });
     };
     for k in params.keys() {
         if !KNOWN.contains(&k.as_str()) {
-            bad(k, "unknown_parameter", format!("unknown query parameter; expected one of {}", KNOWN.join(", ")));
+            bad(
+                k,
+                "unknown_parameter",
+                format!(
+                    "unknown query parameter; expected one of {}",
+                    KNOWN.join(", ")
+                ),
+            );
         }
     }
-    let mut q = EventQuery { limit: 50, ..EventQuery::default() };
+    let mut q = EventQuery {
+        limit: 50,
+        ..EventQuery::default()
+    };
     let non_empty = |k: &str| params.get(k).filter(|v| !v.is_empty()).cloned();
     q.tenant = non_empty("tenant");
     q.actor = non_empty("actor");
@@ -367,13 +423,21 @@ fn parse_query(params: &HashMap<String, String>, max_page: usize) -> Result<Even
     if let Some(l) = params.get("limit") {
         match l.parse::<usize>() {
             Ok(n) if (1..=max_page).contains(&n) => q.limit = n,
-            _ => bad("limit", "invalid", format!("must be an integer from 1 to {max_page}")),
+            _ => bad(
+                "limit",
+                "invalid",
+                format!("must be an integer from 1 to {max_page}"),
+            ),
         }
     }
     if let Some(c) = non_empty("cursor") {
         match decode_cursor(&c) {
             Some(seq) => q.before = Some(seq),
-            None => bad("cursor", "invalid", "is not a cursor returned by this API".into()),
+            None => bad(
+                "cursor",
+                "invalid",
+                "is not a cursor returned by this API".into(),
+            ),
         }
     }
     if errors.is_empty() {
@@ -411,7 +475,8 @@ async fn list_events(
     let p = principal(&state, &headers).await?;
     let query = parse_query(&params, state.config.limits.max_page_size)?;
     let page = state.store.query(p.project, query).await?;
-    let mut body = Vec::with_capacity(page.events.iter().map(|e| e.leaf.len() + 1).sum::<usize>() + 64);
+    let mut body =
+        Vec::with_capacity(page.events.iter().map(|e| e.leaf.len() + 1).sum::<usize>() + 64);
     body.extend_from_slice(b"{\"data\":[");
     for (i, e) in page.events.iter().enumerate() {
         if i > 0 {
@@ -430,10 +495,18 @@ async fn list_events(
 /// One event.
 #[utoipa::path(get, path = "/v1/events/{id}", params(("id" = String, Path, description = "Event id")),
     responses((status = 200, description = "The event (its leaf encoding)"), (status = 404)), security(("bearer" = [])))]
-async fn get_event(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::not_found("event"))?;
-    let e = state.store.get(p.project, id).await?.ok_or_else(|| ApiError::not_found("event"))?;
+    let e = state
+        .store
+        .get(p.project, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("event"))?;
     Ok(json_response(StatusCode::OK, e.leaf))
 }
 
@@ -464,9 +537,15 @@ async fn with_nodes<T>(
 
 fn tlog_error(e: TlogError) -> ApiError {
     match e {
-        TlogError::OutOfRange { .. } => ApiError::new(StatusCode::BAD_REQUEST, "out_of_range", e.to_string()),
+        TlogError::OutOfRange { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "out_of_range", e.to_string())
+        }
         other => {
-            let mut err = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
+            let mut err = ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            );
             err.cause = Some(other.to_string());
             err
         }
@@ -481,13 +560,21 @@ async fn head(state: &AppState, p: &Principal, tenant: &str) -> Result<TreeHead,
         .ok_or_else(|| ApiError::not_found("tenant"))
 }
 
-async fn signed_checkpoint(state: &AppState, p: &Principal, tenant: &str, head: &TreeHead, size: u64) -> Result<String, ApiError> {
+async fn signed_checkpoint(
+    state: &AppState,
+    p: &Principal,
+    tenant: &str,
+    head: &TreeHead,
+    size: u64,
+) -> Result<String, ApiError> {
     let root = if size == head.size {
         head.root
     } else {
         with_nodes(state, head.tenant_id, |r| tlog::tree_hash(size, r)).await?
     };
-    Ok(state.log.sign(state.log.origin(&p.project_name, tenant), size, root))
+    Ok(state
+        .log
+        .sign(state.log.origin(&p.project_name, tenant), size, root))
 }
 
 fn size_param(params: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
@@ -495,7 +582,11 @@ fn size_param(params: &HashMap<String, String>, key: &str) -> Result<Option<u64>
         .get(key)
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
-                let mut e = ApiError::validation(vec![Violation { field: key.into(), code: "invalid", message: "must be a non-negative integer".into() }]);
+                let mut e = ApiError::validation(vec![Violation {
+                    field: key.into(),
+                    code: "invalid",
+                    message: "must be a non-negative integer".into(),
+                }]);
                 e.status = StatusCode::BAD_REQUEST;
                 e.code = "invalid_query";
                 e
@@ -507,7 +598,11 @@ fn size_param(params: &HashMap<String, String>, key: &str) -> Result<Option<u64>
 /// The tenant's latest signed checkpoint (C2SP tlog-checkpoint, signed note).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/checkpoint", params(("tenant" = String, Path)),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404)), security(("bearer" = [])))]
-async fn checkpoint(State(state): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Result<Response, ApiError> {
+async fn checkpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
     let h = head(&state, &p, &tenant).await?;
     let note = signed_checkpoint(&state, &p, &tenant, &h, h.size).await?;
@@ -526,9 +621,17 @@ async fn event_proof(
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::not_found("event"))?;
-    let stored = state.store.get(p.project, id).await?.ok_or_else(|| ApiError::not_found("event"))?;
+    let stored = state
+        .store
+        .get(p.project, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("event"))?;
     let event = Event::from_leaf(&stored.leaf).map_err(|e| {
-        let mut err = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
+        let mut err = ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        );
         err.cause = Some(format!("undecodable leaf: {e}"));
         err
     })?;
@@ -542,7 +645,10 @@ async fn event_proof(
         ));
     }
     let index = event.index;
-    let hashes = with_nodes(&state, h.tenant_id, |r| tlog::inclusion_proof(index, size, r)).await?;
+    let hashes = with_nodes(&state, h.tenant_id, |r| {
+        tlog::inclusion_proof(index, size, r)
+    })
+    .await?;
     let checkpoint = signed_checkpoint(&state, &p, &event.tenant, &h, size).await?;
     Ok(axum::Json(ProofOut {
         leaf_index: index,
@@ -569,10 +675,22 @@ async fn consistency(
     let from = size_param(&params, "from")?.unwrap_or(0);
     let to = size_param(&params, "to")?.unwrap_or(h.size);
     if from > to || to > h.size {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "out_of_range", format!("need from <= to <= {}", h.size)));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "out_of_range",
+            format!("need from <= to <= {}", h.size),
+        ));
     }
-    let hashes = with_nodes(&state, h.tenant_id, |r| tlog::consistency_proof(from, to, r)).await?;
-    Ok(axum::Json(ConsistencyOut { from, to, hashes: hashes.iter().map(|h| B64.encode(h)).collect() }).into_response())
+    let hashes = with_nodes(&state, h.tenant_id, |r| {
+        tlog::consistency_proof(from, to, r)
+    })
+    .await?;
+    Ok(axum::Json(ConsistencyOut {
+        from,
+        to,
+        hashes: hashes.iter().map(|h| B64.encode(h)).collect(),
+    })
+    .into_response())
 }
 
 /// Rows per store read while exporting.
@@ -590,11 +708,21 @@ async fn export(
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
     if params.get("format").is_some_and(|f| f != "ndjson") {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "unsupported_format", "format must be ndjson"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_format",
+            "format must be ndjson",
+        ));
     }
     let h = head(&state, &p, &tenant).await?;
     let checkpoint = signed_checkpoint(&state, &p, &tenant, &h, h.size).await?;
-    let stream = crate::export::stream(state.store.clone(), h.tenant_id, h.size, checkpoint, EXPORT_CHUNK);
+    let stream = crate::export::stream(
+        state.store.clone(),
+        h.tenant_id,
+        h.size,
+        checkpoint,
+        EXPORT_CHUNK,
+    );
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),

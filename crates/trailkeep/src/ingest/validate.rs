@@ -7,7 +7,9 @@
 use serde_json::{Map, Value};
 
 use crate::config::Limits;
-use crate::model::{Actor, ActorType, Context, Event, LEAF_VERSION, Outcome, RequestInfo, Target, Time};
+use crate::model::{
+    Actor, ActorType, Context, Event, LEAF_VERSION, Outcome, RequestInfo, Target, Time,
+};
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -85,7 +87,13 @@ impl<'a> Checker<'a> {
 
     /// An optional string of at most `max` characters. Non-strings and
     /// empty strings are violations; `null` counts as absent.
-    pub fn opt_str(&mut self, obj: &Map<String, Value>, field: &str, path: &str, max: usize) -> Option<String> {
+    pub fn opt_str(
+        &mut self,
+        obj: &Map<String, Value>,
+        field: &str,
+        path: &str,
+        max: usize,
+    ) -> Option<String> {
         match obj.get(field) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => {
@@ -93,7 +101,11 @@ impl<'a> Checker<'a> {
                     self.fail(path, "empty", "must not be empty");
                     None
                 } else if s.chars().count() > max {
-                    self.fail(path, "too_long", format!("must be at most {max} characters"));
+                    self.fail(
+                        path,
+                        "too_long",
+                        format!("must be at most {max} characters"),
+                    );
                     None
                 } else {
                     Some(s.clone())
@@ -107,7 +119,13 @@ impl<'a> Checker<'a> {
     }
 
     /// A required string of at most `max` characters.
-    pub fn req_str(&mut self, obj: &Map<String, Value>, field: &str, path: &str, max: usize) -> Option<String> {
+    pub fn req_str(
+        &mut self,
+        obj: &Map<String, Value>,
+        field: &str,
+        path: &str,
+        max: usize,
+    ) -> Option<String> {
         if matches!(obj.get(field), None | Some(Value::Null)) {
             self.fail(path, "required", "is required");
             return None;
@@ -116,7 +134,12 @@ impl<'a> Checker<'a> {
     }
 
     /// An optional object.
-    pub fn opt_obj<'v>(&mut self, obj: &'v Map<String, Value>, field: &str, path: &str) -> Option<&'v Map<String, Value>> {
+    pub fn opt_obj<'v>(
+        &mut self,
+        obj: &'v Map<String, Value>,
+        field: &str,
+        path: &str,
+    ) -> Option<&'v Map<String, Value>> {
         match obj.get(field) {
             None | Some(Value::Null) => None,
             Some(Value::Object(o)) => Some(o),
@@ -134,7 +157,14 @@ impl<'a> Checker<'a> {
             Some(Value::Object(o)) => {
                 let size = serde_json::to_vec(o).map_or(usize::MAX, |v| v.len());
                 if size > self.limits.max_metadata_bytes {
-                    self.fail(path, "too_large", format!("must be at most {} bytes serialized", self.limits.max_metadata_bytes));
+                    self.fail(
+                        path,
+                        "too_large",
+                        format!(
+                            "must be at most {} bytes serialized",
+                            self.limits.max_metadata_bytes
+                        ),
+                    );
                     Map::new()
                 } else {
                     o.clone()
@@ -154,15 +184,25 @@ impl<'a> Checker<'a> {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => {
                 if items.len() > self.limits.max_tags {
-                    self.fail(path, "too_many", format!("at most {} tags", self.limits.max_tags));
+                    self.fail(
+                        path,
+                        "too_many",
+                        format!("at most {} tags", self.limits.max_tags),
+                    );
                     return Vec::new();
                 }
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
                     match item {
-                        Value::String(s) if s.is_empty() => self.fail(&format!("{path}/{i}"), "empty", "must not be empty"),
+                        Value::String(s) if s.is_empty() => {
+                            self.fail(&format!("{path}/{i}"), "empty", "must not be empty")
+                        }
                         Value::String(s) if s.chars().count() > max => {
-                            self.fail(&format!("{path}/{i}"), "too_long", format!("must be at most {max} characters"));
+                            self.fail(
+                                &format!("{path}/{i}"),
+                                "too_long",
+                                format!("must be at most {max} characters"),
+                            );
                         }
                         Value::String(s) => out.push(s.clone()),
                         _ => self.fail(&format!("{path}/{i}"), "type", "must be a string"),
@@ -215,7 +255,11 @@ pub fn native_event(
     let mut c = Checker::new(limits, prefix);
     let Some(obj) = value.as_object() else {
         c.violations.push(Violation {
-            field: if prefix.is_empty() { "/".into() } else { prefix.into() },
+            field: if prefix.is_empty() {
+                "/".into()
+            } else {
+                prefix.into()
+            },
             code: "type",
             message: "an event must be a JSON object".into(),
         });
@@ -224,14 +268,29 @@ pub fn native_event(
     let short = limits.max_short_field;
     let text = limits.max_text_field;
     const KNOWN: &[&str] = &[
-        "tenant", "action", "occurred_at", "actor", "targets", "result", "description", "tags", "context", "metadata",
+        "tenant",
+        "action",
+        "occurred_at",
+        "actor",
+        "targets",
+        "result",
+        "description",
+        "tags",
+        "context",
+        "metadata",
     ];
     for key in obj.keys() {
         if !KNOWN.contains(&key.as_str()) {
-            c.fail(key, "unknown_field", format!("unknown field; expected one of {}", KNOWN.join(", ")));
+            c.fail(
+                key,
+                "unknown_field",
+                format!("unknown field; expected one of {}", KNOWN.join(", ")),
+            );
         }
     }
-    let tenant = c.opt_str(obj, "tenant", "tenant", short).unwrap_or_else(|| "default".into());
+    let tenant = c
+        .opt_str(obj, "tenant", "tenant", short)
+        .unwrap_or_else(|| "default".into());
     let action = c.req_str(obj, "action", "action", short);
     let occurred_at = c.opt_time(obj, "occurred_at", "occurred_at");
     let actor = match obj.get("actor") {
@@ -248,7 +307,11 @@ pub fn native_event(
                     "system" => Some(ActorType::System),
                     "machine" => Some(ActorType::Machine),
                     _ => {
-                        c.fail("actor/type", "invalid", "must be one of user, system, machine");
+                        c.fail(
+                            "actor/type",
+                            "invalid",
+                            "must be one of user, system, machine",
+                        );
                         None
                     }
                 },
@@ -265,11 +328,19 @@ pub fn native_event(
                     extra.insert(k.clone(), v.clone());
                 }
             }
-            if serde_json::to_vec(&extra).map_or(usize::MAX, |v| v.len()) > limits.max_metadata_bytes {
+            if serde_json::to_vec(&extra).map_or(usize::MAX, |v| v.len())
+                > limits.max_metadata_bytes
+            {
                 c.fail("actor", "too_large", "extra actor attributes are too large");
             }
             match (id, kind) {
-                (Some(id), Some(kind)) => Some(Actor { id, kind, name, email, extra }),
+                (Some(id), Some(kind)) => Some(Actor {
+                    id,
+                    kind,
+                    name,
+                    email,
+                    extra,
+                }),
                 _ => None,
             }
         }
@@ -281,7 +352,11 @@ pub fn native_event(
     let targets = match obj.get("targets") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) if items.len() > limits.max_targets => {
-            c.fail("targets", "too_many", format!("at most {} targets", limits.max_targets));
+            c.fail(
+                "targets",
+                "too_many",
+                format!("at most {} targets", limits.max_targets),
+            );
             Vec::new()
         }
         Some(Value::Array(items)) => {
@@ -320,10 +395,10 @@ pub fn native_event(
         None => Context::default(),
         Some(ctx) => {
             let ip = c.opt_str(ctx, "ip", "context/ip", short);
-            if let Some(ip) = &ip {
-                if ip.parse::<std::net::IpAddr>().is_err() {
-                    c.fail("context/ip", "invalid", "must be an IPv4 or IPv6 address");
-                }
+            if let Some(ip) = &ip
+                && ip.parse::<std::net::IpAddr>().is_err()
+            {
+                c.fail("context/ip", "invalid", "must be an IPv4 or IPv6 address");
             }
             let user_agent = c.opt_str(ctx, "user_agent", "context/user_agent", text);
             let location = c.opt_str(ctx, "location", "context/location", text);
@@ -337,15 +412,28 @@ pub fn native_event(
                         Some(v) => match v.as_u64() {
                             Some(s) if (100..=599).contains(&s) => Some(s as u16),
                             _ => {
-                                c.fail("context/request/status", "invalid", "must be an integer from 100 to 599");
+                                c.fail(
+                                    "context/request/status",
+                                    "invalid",
+                                    "must be an integer from 100 to 599",
+                                );
                                 None
                             }
                         },
                     };
-                    RequestInfo { method, path, status }
+                    RequestInfo {
+                        method,
+                        path,
+                        status,
+                    }
                 }
             };
-            Context { ip, user_agent, location, request }
+            Context {
+                ip,
+                user_agent,
+                location,
+                request,
+            }
         }
     };
     let metadata = c.metadata(obj.get("metadata"), "metadata");
@@ -376,7 +464,8 @@ pub fn native_event(
 #[must_use]
 pub fn new_event_id(at: Time) -> uuid::Uuid {
     let ms = u64::try_from(at.as_millis()).unwrap_or(0);
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+    let ts =
+        uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
     uuid::Uuid::new_v7(ts)
 }
 
@@ -387,7 +476,10 @@ mod tests {
 
     #[test]
     fn reports_every_violation_at_once() {
-        let limits = Limits { max_short_field: 8, ..Limits::default() };
+        let limits = Limits {
+            max_short_field: 8,
+            ..Limits::default()
+        };
         let v = json!({"action": 5, "actor": {"type": "robot"}, "tags": ["ok", "", 3], "result": "maybe",
                        "context": {"ip": "1.2.3"}, "occurred_at": "yesterday", "extra": 1, "tenant": "waytoolongname"});
         let errs = native_event(&v, &limits, "", Time::now()).unwrap_err();

@@ -278,7 +278,10 @@ mod tests {
         assert!(!leaf.contains(&b'\n'));
         assert!(leaf.starts_with(b"{\"v\":1,\"id\":\""));
         let text = String::from_utf8(leaf.clone()).unwrap();
-        assert!(text.contains("\"received_at\":\"2023-11-14T22:13:20.123456Z\""), "{text}");
+        assert!(
+            text.contains("\"received_at\":\"2023-11-14T22:13:20.123456Z\""),
+            "{text}"
+        );
         assert!(text.find("\"a\":").unwrap() < text.find("\"z\":").unwrap());
         assert_eq!(Event::from_leaf(&leaf).unwrap(), e);
         assert!(e.search_text().contains("multi\nline"));

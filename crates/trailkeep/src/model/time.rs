@@ -54,13 +54,19 @@ impl Time {
     pub fn parse_rfc3339(s: &str) -> Result<Self, String> {
         s.parse::<jiff::Timestamp>()
             .map(Self::from_timestamp)
-            .map_err(|_| "must be an RFC 3339 date-time with an offset, e.g. 2026-01-02T03:04:05Z".to_owned())
+            .map_err(|_| {
+                "must be an RFC 3339 date-time with an offset, e.g. 2026-01-02T03:04:05Z".to_owned()
+            })
     }
 }
 
 impl std::fmt::Display for Time {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.to_timestamp().strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))
+        write!(
+            f,
+            "{}",
+            self.to_timestamp().strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        )
     }
 }
 

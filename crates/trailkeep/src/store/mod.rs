@@ -112,6 +112,10 @@ pub struct StoredEvent {
     pub seq: i64,
     /// Internal tenant id (for proofs).
     pub tenant_id: i64,
+    /// Leaf index in the tenant's log, as stored in its own column.
+    pub index: u64,
+    /// The leaf hash the tree stores for this index.
+    pub leaf_hash: Hash,
     /// The leaf bytes: the event's canonical JSON.
     pub leaf: Vec<u8>,
 }

@@ -19,7 +19,11 @@ pub(crate) fn migrate_sqlite(conn: &mut Connection) -> Result<i64, StoreError> {
             "database schema version {current} is newer than this build ({SQLITE_SCHEMA_VERSION}); refusing to downgrade"
         )));
     }
-    for (i, sql) in SQLITE_MIGRATIONS.iter().enumerate().skip(usize::try_from(current).unwrap_or(0)) {
+    for (i, sql) in SQLITE_MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i as i64 + 1)?;

@@ -73,10 +73,10 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// # Errors
 /// When the file cannot be opened or the schema is newer than this build.
 pub fn open_admin(path: &Path) -> Result<Connection, StoreError> {
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Backend(Box::new(e)))?;
-        }
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::Backend(Box::new(e)))?;
     }
     let mut conn = Connection::open(path)?;
     configure(&conn)?;
@@ -90,12 +90,20 @@ impl SqliteStore {
     ///
     /// # Errors
     /// When the database cannot be opened or migrated.
-    pub fn open(path: &Path, commit: &CommitConfig, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+    pub fn open(
+        path: &Path,
+        commit: &CommitConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let conn = open_admin(path)?;
         // The checkpointer thread owns checkpoints; the writer never blocks on one.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "cache_size", -32_000)?;
-        let watermark: i64 = conn.query_row("SELECT value FROM meta WHERE key = 'fts_watermark'", [], |r| r.get(0))?;
+        let watermark: i64 = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'fts_watermark'",
+            [],
+            |r| r.get(0),
+        )?;
         let (tx, rx) = std::sync::mpsc::sync_channel(commit.queue_capacity);
         let stop = Arc::new(AtomicBool::new(false));
         let writer_alive = Arc::new(AtomicBool::new(true));
@@ -124,7 +132,10 @@ impl SqliteStore {
         Ok(Self {
             path: path.to_owned(),
             tx: Mutex::new(Some(tx)),
-            readers: Arc::new(ReadPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            readers: Arc::new(ReadPool {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(Some(checkpointer)),
             stop,
@@ -171,7 +182,9 @@ impl Drop for SqliteStore {
 }
 
 fn run_checkpointer(path: &Path, stop: &AtomicBool) {
-    let Ok(conn) = Connection::open(path) else { return };
+    let Ok(conn) = Connection::open(path) else {
+        return;
+    };
     let _ = conn.busy_timeout(Duration::from_secs(1));
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(CHECKPOINT_EVERY);
@@ -188,7 +201,10 @@ struct ReadPool {
 }
 
 impl ReadPool {
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let conn = self.idle.lock().expect("lock").pop();
         let conn = match conn {
             Some(c) => c,
@@ -223,14 +239,20 @@ impl HashReader for NodeReader<'_> {
 }
 
 fn read_nodes(conn: &Connection, tenant_id: i64, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT hash FROM tree_nodes WHERE tenant_id = ?1 AND level = ?2 AND idx = ?3")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT hash FROM tree_nodes WHERE tenant_id = ?1 AND level = ?2 AND idx = ?3",
+    )?;
     ids.iter()
         .map(|id| {
             let blob: Option<Vec<u8>> = stmt
                 .query_row(params![tenant_id, id.level, id.index as i64], |r| r.get(0))
                 .optional()?;
             blob.and_then(|b| <Hash>::try_from(b.as_slice()).ok())
-                .ok_or_else(|| StoreError::Corrupted(format!("tenant {tenant_id}: tree node {id:?} is missing")))
+                .ok_or_else(|| {
+                    StoreError::Corrupted(format!(
+                        "tenant {tenant_id}: tree node {id:?} is missing"
+                    ))
+                })
         })
         .collect()
 }
@@ -305,7 +327,9 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         let mut staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
         let outcome = (|| -> Result<(), StoreError> {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = Time::now().as_micros();
             for Queued { job, reply } in batch {
                 replies.push(reply);
@@ -324,9 +348,14 @@ impl Writer {
                 }
             }
             {
-                let mut stmt = tx.prepare_cached("UPDATE tenants SET size = ?1, root = ?2 WHERE id = ?3")?;
+                let mut stmt =
+                    tx.prepare_cached("UPDATE tenants SET size = ?1, root = ?2 WHERE id = ?3")?;
                 for state in staged.values() {
-                    stmt.execute(params![state.frontier.size() as i64, &state.frontier.root()[..], state.id])?;
+                    stmt.execute(params![
+                        state.frontier.size() as i64,
+                        &state.frontier.root()[..],
+                        state.id
+                    ])?;
                 }
             }
             tx.commit()?;
@@ -340,7 +369,9 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; no event in it was acknowledged");
                 self.tenants.clear();
-                results = (0..replies.len()).map(|_| Err(StoreError::Unavailable)).collect();
+                results = (0..replies.len())
+                    .map(|_| Err(StoreError::Unavailable))
+                    .collect();
             }
         }
         for (reply, res) in replies.into_iter().zip(results) {
@@ -359,12 +390,17 @@ impl Writer {
             // The index is derived data: it is rebuilt from the watermark after
             // a crash, so this transaction need not wait for fsync.
             self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut n = 0i64;
             let mut last = self.fts_watermark;
             {
-                let mut select = tx.prepare_cached("SELECT seq, leaf FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-                let mut insert = tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
+                let mut select = tx.prepare_cached(
+                    "SELECT seq, leaf FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let mut insert =
+                    tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
                 let mut rows = select.query(params![self.fts_watermark, FTS_CHUNK])?;
                 while let Some(row) = rows.next()? {
                     let seq: i64 = row.get(0)?;
@@ -378,7 +414,10 @@ impl Writer {
                 }
             }
             if n > 0 {
-                tx.execute("UPDATE meta SET value = ?1 WHERE key = 'fts_watermark'", params![last])?;
+                tx.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'fts_watermark'",
+                    params![last],
+                )?;
                 tx.commit()?;
                 self.fts_watermark = last;
             }
@@ -416,9 +455,16 @@ fn tenant_state(
         .optional()?;
     match row {
         Some((id, size)) => {
-            let size = u64::try_from(size).map_err(|_| StoreError::Corrupted("negative tree size".into()))?;
-            let frontier = Frontier::load(size, &NodeReader { conn: tx, tenant_id: id })
-                .map_err(|e| StoreError::Corrupted(e.to_string()))?;
+            let size = u64::try_from(size)
+                .map_err(|_| StoreError::Corrupted("negative tree size".into()))?;
+            let frontier = Frontier::load(
+                size,
+                &NodeReader {
+                    conn: tx,
+                    tenant_id: id,
+                },
+            )
+            .map_err(|e| StoreError::Corrupted(e.to_string()))?;
             Ok(TenantState { id, frontier })
         }
         None => {
@@ -426,7 +472,10 @@ fn tenant_state(
                 "INSERT INTO tenants (project_id, name, size, root, created_at) VALUES (?1, ?2, 0, ?3, ?4)",
                 params![key.0, key.1, &tlog::empty_root()[..], now],
             )?;
-            Ok(TenantState { id: tx.last_insert_rowid(), frontier: Frontier::empty() })
+            Ok(TenantState {
+                id: tx.last_insert_rowid(),
+                frontier: Frontier::empty(),
+            })
         }
     }
 }
@@ -439,7 +488,11 @@ fn apply_job(
     job: AppendJob,
     now: i64,
 ) -> Result<AppendOutcome, StoreError> {
-    let AppendJob { project, events, idempotency } = job;
+    let AppendJob {
+        project,
+        events,
+        idempotency,
+    } = job;
     if let Some((idem, _)) = &idempotency {
         let prior: Option<(Vec<u8>, u16, Vec<u8>, i64)> = tx
             .prepare_cached("SELECT request_hash, status, response, created_at FROM idempotency WHERE project_id = ?1 AND key = ?2")?
@@ -452,7 +505,10 @@ fn apply_job(
                 }
                 return Ok(AppendOutcome::IdempotencyConflict);
             }
-            tx.execute("DELETE FROM idempotency WHERE project_id = ?1 AND key = ?2", params![project, idem.key])?;
+            tx.execute(
+                "DELETE FROM idempotency WHERE project_id = ?1 AND key = ?2",
+                params![project, idem.key],
+            )?;
         }
     }
     let mut receipts = Vec::with_capacity(events.len());
@@ -460,10 +516,15 @@ fn apply_job(
         "INSERT INTO events (id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut insert_tag = tx.prepare_cached("INSERT OR IGNORE INTO event_tags (project_id, tag, seq) VALUES (?1, ?2, ?3)")?;
-    let mut insert_target =
-        tx.prepare_cached("INSERT OR IGNORE INTO event_targets (project_id, target_id, seq) VALUES (?1, ?2, ?3)")?;
-    let mut insert_node = tx.prepare_cached("INSERT INTO tree_nodes (tenant_id, level, idx, hash) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut insert_tag = tx.prepare_cached(
+        "INSERT OR IGNORE INTO event_tags (project_id, tag, seq) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut insert_target = tx.prepare_cached(
+        "INSERT OR IGNORE INTO event_targets (project_id, target_id, seq) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut insert_node = tx.prepare_cached(
+        "INSERT INTO tree_nodes (tenant_id, level, idx, hash) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     for mut event in events {
         let key = (project, event.tenant.clone());
         if !job_staged.contains_key(&key) {
@@ -514,8 +575,21 @@ fn apply_job(
     Ok(AppendOutcome::Committed(receipts))
 }
 
+/// Columns: seq, tenant_id, idx, leaf, and optionally the stored level-0
+/// node hash; without it the hash is computed from the leaf.
 fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
-    Ok(StoredEvent { seq: row.get(0)?, tenant_id: row.get(1)?, leaf: row.get(2)? })
+    let leaf: Vec<u8> = row.get(3)?;
+    let stored_hash: Option<Vec<u8>> = row.get(4).unwrap_or(None);
+    let leaf_hash = stored_hash
+        .and_then(|h| <Hash>::try_from(h.as_slice()).ok())
+        .unwrap_or_else(|| tlog::leaf_hash(&leaf));
+    Ok(StoredEvent {
+        seq: row.get(0)?,
+        tenant_id: row.get(1)?,
+        index: row.get::<_, i64>(2)? as u64,
+        leaf_hash,
+        leaf,
+    })
 }
 
 /// Turns search input into an FTS5 query: every term quoted, all required.
@@ -528,47 +602,68 @@ fn fts_query(terms: &[String]) -> String {
 }
 
 fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Page, StoreError> {
-    let mut sql = String::from("SELECT seq, tenant_id, leaf FROM events WHERE project_id = ?1");
+    let mut sql =
+        String::from("SELECT seq, tenant_id, idx, leaf FROM events WHERE project_id = ?1");
     let mut args: Vec<rusqlite::types::Value> = vec![project.into()];
     let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
         args.push(v);
-        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        sql.push_str(&clause.replace('@', &format!("?{}", args.len())));
     };
     if let Some(t) = &q.tenant {
-        arg(&mut sql, " AND tenant_id = (SELECT id FROM tenants WHERE project_id = ?1 AND name = ?)", t.clone().into());
+        arg(
+            &mut sql,
+            " AND tenant_id = (SELECT id FROM tenants WHERE project_id = ?1 AND name = @)",
+            t.clone().into(),
+        );
     }
     if let Some(a) = &q.actor {
-        arg(&mut sql, " AND actor_id = ?", a.clone().into());
+        arg(&mut sql, " AND actor_id = @", a.clone().into());
     }
     if let Some(a) = &q.action {
-        arg(&mut sql, " AND action = ?", a.clone().into());
+        arg(&mut sql, " AND action = @", a.clone().into());
     }
     if let Some(p) = &q.action_prefix {
-        arg(&mut sql, " AND action >= ?", p.clone().into());
-        arg(&mut sql, " AND action < ?", format!("{p}\u{10FFFF}").into());
+        arg(&mut sql, " AND action >= @", p.clone().into());
+        arg(&mut sql, " AND action < @", format!("{p}\u{10FFFF}").into());
     }
     if let Some(t) = &q.target {
-        arg(&mut sql, " AND seq IN (SELECT seq FROM event_targets WHERE project_id = ?1 AND target_id = ?)", t.clone().into());
+        arg(
+            &mut sql,
+            " AND seq IN (SELECT seq FROM event_targets WHERE project_id = ?1 AND target_id = @)",
+            t.clone().into(),
+        );
     }
     if let Some(t) = &q.tag {
-        arg(&mut sql, " AND seq IN (SELECT seq FROM event_tags WHERE project_id = ?1 AND tag = ?)", t.clone().into());
+        arg(
+            &mut sql,
+            " AND seq IN (SELECT seq FROM event_tags WHERE project_id = ?1 AND tag = @)",
+            t.clone().into(),
+        );
     }
     if let Some(r) = &q.result {
-        arg(&mut sql, " AND result = ?", r.clone().into());
+        arg(&mut sql, " AND result = @", r.clone().into());
     }
     if let Some(s) = q.since {
-        arg(&mut sql, " AND occurred_at >= ?", s.as_micros().into());
+        arg(&mut sql, " AND occurred_at >= @", s.as_micros().into());
     }
     if let Some(u) = q.until {
-        arg(&mut sql, " AND occurred_at < ?", u.as_micros().into());
+        arg(&mut sql, " AND occurred_at < @", u.as_micros().into());
     }
     if !q.text_terms.is_empty() {
-        arg(&mut sql, " AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)", fts_query(&q.text_terms).into());
+        arg(
+            &mut sql,
+            " AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH @)",
+            fts_query(&q.text_terms).into(),
+        );
     }
     if let Some(b) = q.before {
-        arg(&mut sql, " AND seq < ?", b.into());
+        arg(&mut sql, " AND seq < @", b.into());
     }
-    arg(&mut sql, " ORDER BY seq DESC LIMIT ?", (q.limit as i64 + 1).into());
+    arg(
+        &mut sql,
+        " ORDER BY seq DESC LIMIT @",
+        (q.limit as i64 + 1).into(),
+    );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut events: Vec<StoredEvent> = stmt
         .query_map(rusqlite::params_from_iter(args), stored_event)?
@@ -579,7 +674,10 @@ fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Pa
     } else {
         None
     };
-    Ok(Page { events, next_before })
+    Ok(Page {
+        events,
+        next_before,
+    })
 }
 
 impl EventStore for SqliteStore {
@@ -603,9 +701,11 @@ impl EventStore for SqliteStore {
 
     fn get(&self, project: ProjectId, id: Uuid) -> StoreFuture<'_, Option<StoredEvent>> {
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT seq, tenant_id, leaf FROM events WHERE id = ?1 AND project_id = ?2")?
-                .query_row(params![id.as_bytes(), project], stored_event)
-                .optional()?)
+            Ok(c.prepare_cached(
+                "SELECT seq, tenant_id, idx, leaf FROM events WHERE id = ?1 AND project_id = ?2",
+            )?
+            .query_row(params![id.as_bytes(), project], stored_event)
+            .optional()?)
         })
     }
 
@@ -631,14 +731,22 @@ impl EventStore for SqliteStore {
     fn tree_head(&self, project: ProjectId, tenant: String) -> StoreFuture<'_, Option<TreeHead>> {
         self.read(move |c| {
             let row: Option<(i64, i64, Vec<u8>)> = c
-                .prepare_cached("SELECT id, size, root FROM tenants WHERE project_id = ?1 AND name = ?2")?
-                .query_row(params![project, tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .prepare_cached(
+                    "SELECT id, size, root FROM tenants WHERE project_id = ?1 AND name = ?2",
+                )?
+                .query_row(params![project, tenant], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()?;
             row.map(|(tenant_id, size, root)| {
                 Ok(TreeHead {
                     tenant_id,
-                    size: u64::try_from(size).map_err(|_| StoreError::Corrupted("negative size".into()))?,
-                    root: root.as_slice().try_into().map_err(|_| StoreError::Corrupted("bad root".into()))?,
+                    size: u64::try_from(size)
+                        .map_err(|_| StoreError::Corrupted("negative size".into()))?,
+                    root: root
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupted("bad root".into()))?,
                 })
             })
             .transpose()
@@ -652,7 +760,9 @@ impl EventStore for SqliteStore {
     fn scan_tenant(&self, tenant_id: i64, from: u64, to: u64) -> StoreFuture<'_, Vec<StoredEvent>> {
         self.read(move |c| {
             Ok(c.prepare_cached(
-                "SELECT seq, tenant_id, leaf FROM events WHERE tenant_id = ?1 AND idx >= ?2 AND idx < ?3 ORDER BY idx",
+                "SELECT e.seq, e.tenant_id, e.idx, e.leaf, n.hash FROM events e
+                 LEFT JOIN tree_nodes n ON n.tenant_id = e.tenant_id AND n.level = 0 AND n.idx = e.idx
+                 WHERE e.tenant_id = ?1 AND e.idx >= ?2 AND e.idx < ?3 ORDER BY e.idx",
             )?
             .query_map(params![tenant_id, from as i64, to as i64], stored_event)?
             .collect::<Result<_, _>>()?)
@@ -665,7 +775,8 @@ impl EventStore for SqliteStore {
             if !alive {
                 return Err(StoreError::Unavailable);
             }
-            self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+            self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+                .await
         })
     }
 }
@@ -700,7 +811,11 @@ pub mod admin {
             "INSERT INTO projects (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
             params![name, Time::now().as_micros()],
         )?;
-        Ok(conn.query_row("SELECT id FROM projects WHERE name = ?1", params![name], |r| r.get(0))?)
+        Ok(conn.query_row(
+            "SELECT id FROM projects WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )?)
     }
 
     /// Stores `key` (hashed) for `project`; a no-op when already stored.
@@ -716,7 +831,11 @@ pub mod admin {
              ON CONFLICT (key_hash) DO NOTHING",
             params![project_id, &hash[..], keys::display_prefix(key), Time::now().as_micros()],
         )?;
-        Ok(conn.query_row("SELECT id FROM api_keys WHERE key_hash = ?1", params![&hash[..]], |r| r.get(0))?)
+        Ok(conn.query_row(
+            "SELECT id FROM api_keys WHERE key_hash = ?1",
+            params![&hash[..]],
+            |r| r.get(0),
+        )?)
     }
 
     /// Generates, stores and returns a new key for `project`.
@@ -734,7 +853,11 @@ pub mod admin {
     /// # Errors
     /// Database failures.
     pub fn active_key_count(conn: &Connection) -> Result<i64, StoreError> {
-        Ok(conn.query_row("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL", [], |r| r.get(0))?)
+        Ok(conn.query_row(
+            "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// Every key, optionally of one project.

@@ -1,0 +1,459 @@
+//! The native API over real HTTP.
+
+use serde_json::{Value, json};
+
+use crate::support::{KEY, TestServer, event};
+
+#[tokio::test]
+async fn ingest_single_then_read_back() {
+    let s = TestServer::start().await;
+    let body = json!({
+        "tenant": "acme", "action": "user.login", "occurred_at": "2026-01-02T03:04:05Z",
+        "actor": {"id": "u1", "type": "user", "name": "Ann", "email": "ann@example.com", "dept": "ops"},
+        "targets": [{"id": "doc-1", "type": "document", "name": "Plan"}],
+        "result": "success", "description": "Ann logged in", "tags": ["web", "prod"],
+        "context": {"ip": "2001:db8::1", "user_agent": "curl/8", "location": "Lisbon", "request": {"method": "POST", "path": "/login", "status": 200}},
+        "metadata": {"b": 1, "a": {"nested": true}}
+    });
+    let (status, receipt) = s.post("/v1/events", KEY, &body).await;
+    assert_eq!(status, 201, "{receipt}");
+    assert_eq!(receipt["tenant"], "acme");
+    assert_eq!(receipt["index"], 0);
+    assert_eq!(receipt["leaf_hash"].as_str().unwrap().len(), 44);
+    let id = receipt["id"].as_str().unwrap();
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+    let (status, got) = s.get(&format!("/v1/events/{id}"), KEY).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["id"], id);
+    assert_eq!(got["received_at"], receipt["received_at"]);
+    assert_eq!(got["occurred_at"], "2026-01-02T03:04:05.000000Z");
+    assert_eq!(
+        got["actor"],
+        json!({"id": "u1", "type": "user", "name": "Ann", "email": "ann@example.com", "dept": "ops"})
+    );
+    assert_eq!(got["targets"], body["targets"]);
+    assert_eq!(got["context"], body["context"]);
+    assert_eq!(got["metadata"], body["metadata"]);
+    assert_eq!(got["tags"], body["tags"]);
+    let (status, _) = s
+        .get("/v1/events/0190a0a0-0000-7000-8000-000000000000", KEY)
+        .await;
+    assert_eq!(status, 404);
+    // Defaults: tenant `default`, occurred_at = received_at, actor type user.
+    let (_, r) = s.post("/v1/events", KEY, &event("a", "x")).await;
+    let (_, got) = s
+        .get(&format!("/v1/events/{}", r["id"].as_str().unwrap()), KEY)
+        .await;
+    assert_eq!(got["tenant"], "default");
+    assert_eq!(got["occurred_at"], got["received_at"]);
+    assert_eq!(got["actor"]["type"], "user");
+}
+
+#[tokio::test]
+async fn batch_is_all_or_nothing_with_per_item_errors() {
+    let s = TestServer::start_with(|c| c.limits.max_batch_events = 3).await;
+    let bad =
+        json!({"events": [event("ok", "a"), {"actor": {"id": "b"}}, {"action": "x", "actor": {}}]});
+    let (status, err) = s.post("/v1/events/batch", KEY, &bad).await;
+    assert_eq!(status, 422);
+    assert_eq!(err["code"], "validation_failed");
+    let fields: Vec<&str> = err["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["/events/1/action", "/events/2/actor/id"]);
+    assert!(
+        s.list_all("", KEY).await.is_empty(),
+        "a refused batch stores nothing"
+    );
+
+    let too_many =
+        json!({"events": [event("a", "a"), event("a", "a"), event("a", "a"), event("a", "a")]});
+    let (status, err) = s.post("/v1/events/batch", KEY, &too_many).await;
+    assert_eq!(status, 422);
+    assert_eq!(err["errors"][0]["code"], "batch_size");
+
+    let ok = json!({"events": [event("a", "1"), event("b", "2"), {"tenant": "t2", "action": "c", "actor": {"id": "3"}}]});
+    let (status, res) = s.post("/v1/events/batch", KEY, &ok).await;
+    assert_eq!(status, 201, "{res}");
+    let idx: Vec<(String, u64)> = res["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["tenant"].as_str().unwrap().to_owned(),
+                r["index"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        idx,
+        [
+            ("default".into(), 0),
+            ("default".into(), 1),
+            ("t2".into(), 0)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn idempotent_retry_returns_the_original_and_stores_once() {
+    let s = TestServer::start().await;
+    let body = serde_json::to_vec(&event("pay", "u")).unwrap();
+    let headers = [
+        (
+            "authorization",
+            "Bearer tk_test_key_for_integration_tests_0000000000",
+        ),
+        ("idempotency-key", "k-1"),
+        ("content-type", "application/json"),
+    ];
+    let (s1, first) = s.post_raw("/v1/events", &headers, body.clone()).await;
+    let (s2, second) = s.post_raw("/v1/events", &headers, body.clone()).await;
+    assert_eq!((s1, s2), (201, 201));
+    assert_eq!(first, second);
+    assert_eq!(s.list_all("", KEY).await.len(), 1);
+    let other = serde_json::to_vec(&event("refund", "u")).unwrap();
+    let (s3, err) = s.post_raw("/v1/events", &headers, other).await;
+    assert_eq!(s3, 422);
+    assert_eq!(err["code"], "idempotency_key_reused");
+    assert_eq!(s.list_all("", KEY).await.len(), 1);
+    // The same key on the batch route is a different request.
+    let batch = serde_json::to_vec(&json!({"events": [event("pay", "u")]})).unwrap();
+    let (s4, _) = s.post_raw("/v1/events/batch", &headers, batch).await;
+    assert_eq!(s4, 422);
+}
+
+async fn seed(s: &TestServer) {
+    let events = json!({"events": [
+        {"tenant": "a", "action": "user.login", "actor": {"id": "ann", "name": "Ann Lee"}, "result": "success", "tags": ["web"], "occurred_at": "2026-01-01T00:00:00Z", "metadata": {"plan": "gold"}},
+        {"tenant": "a", "action": "user.logout", "actor": {"id": "ann"}, "result": "success", "occurred_at": "2026-01-02T00:00:00Z"},
+        {"tenant": "b", "action": "document.delete", "actor": {"id": "bob", "email": "bob@corp.example"}, "result": "failure", "targets": [{"id": "doc-9", "name": "Quarterly report"}], "tags": ["api", "web"], "occurred_at": "2026-01-03T00:00:00Z", "description": "tried to remove the report"},
+        {"tenant": "b", "action": "userx.create", "actor": {"id": "cat"}, "occurred_at": "2026-01-04T00:00:00Z"}
+    ]});
+    let (status, res) = s.post("/v1/events/batch", KEY, &events).await;
+    assert_eq!(status, 201, "{res}");
+}
+
+async fn actions(s: &TestServer, query: &str) -> Vec<String> {
+    s.list_all(query, KEY)
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_filter_selects_exactly_its_events() {
+    let s = TestServer::start().await;
+    seed(&s).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await; // full-text indexing is deferred (< 1 s)
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "",
+            &[
+                "userx.create",
+                "document.delete",
+                "user.logout",
+                "user.login",
+            ],
+        ),
+        ("tenant=a", &["user.logout", "user.login"]),
+        ("actor=ann", &["user.logout", "user.login"]),
+        ("action=user.login", &["user.login"]),
+        ("action=user.*", &["user.logout", "user.login"]),
+        ("target=doc-9", &["document.delete"]),
+        ("tag=web", &["document.delete", "user.login"]),
+        ("result=failure", &["document.delete"]),
+        (
+            "since=2026-01-02T00:00:00Z",
+            &["userx.create", "document.delete", "user.logout"],
+        ),
+        ("until=2026-01-02T00:00:00Z", &["user.login"]),
+        (
+            "since=2026-01-02T00:00:00Z&until=2026-01-04T00:00:00Z",
+            &["document.delete", "user.logout"],
+        ),
+        ("q=quarterly", &["document.delete"]),
+        ("q=REMOVE report", &["document.delete"]),
+        ("q=bob@corp.example", &["document.delete"]),
+        ("q=gold", &["user.login"]),
+        ("q=user.logout", &["user.logout"]),
+        ("q=lee", &["user.login"]),
+        ("q=nothing-like-this", &[]),
+        ("tenant=b&tag=web&result=failure", &["document.delete"]),
+        ("tenant=nobody", &[]),
+    ];
+    for (query, want) in cases {
+        assert_eq!(actions(&s, query).await, *want, "query {query:?}");
+    }
+}
+
+#[tokio::test]
+async fn cursor_pages_are_stable_while_events_arrive() {
+    let s = TestServer::start().await;
+    for i in 0..25 {
+        s.post("/v1/events", KEY, &event(&format!("a{i}"), "u"))
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/events?limit=10&cursor={c}"),
+            None => "/v1/events?limit=10".to_owned(),
+        };
+        let (status, page) = s.get(&path, KEY).await;
+        assert_eq!(status, 200);
+        pages += 1;
+        for e in page["data"].as_array().unwrap() {
+            seen.push(e["action"].as_str().unwrap().to_owned());
+        }
+        // New events arrive between pages; they are newer than the cursor.
+        s.post("/v1/events", KEY, &event("late", "u")).await;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let want: Vec<String> = (0..25).rev().map(|i| format!("a{i}")).collect();
+    assert_eq!(seen, want);
+}
+
+#[tokio::test]
+async fn a_key_never_sees_another_projects_events() {
+    let s = TestServer::start().await;
+    let conn = trailkeep::store::sqlite::open_admin(&s.db_path()).unwrap();
+    let (_, other) = trailkeep::store::sqlite::admin::create_key(&conn, "other").unwrap();
+    let (_, mine) = s
+        .post(
+            "/v1/events",
+            KEY,
+            &json!({"tenant": "shared-name", "action": "secret", "actor": {"id": "a"}}),
+        )
+        .await;
+    let (status, theirs) = s
+        .post(
+            "/v1/events",
+            &other,
+            &json!({"tenant": "shared-name", "action": "theirs", "actor": {"id": "b"}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        theirs["index"], 0,
+        "tenants are per project: same name, separate log"
+    );
+    assert_eq!(actions(&s, "").await, ["secret"]);
+    let listed: Vec<String> = s
+        .list_all("", &other)
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, ["theirs"]);
+    let (status, _) = s
+        .get(
+            &format!("/v1/events/{}", mine["id"].as_str().unwrap()),
+            &other,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = s
+        .get(
+            &format!("/v1/events/{}/proof", mine["id"].as_str().unwrap()),
+            &other,
+        )
+        .await;
+    assert_eq!(status, 404);
+    // A revoked key stops working (after the short auth cache).
+    let id = trailkeep::store::sqlite::admin::list_keys(&conn, Some("other")).unwrap()[0].id;
+    assert!(trailkeep::store::sqlite::admin::revoke_key(&conn, id).unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (status, err) = s.get("/v1/events", &other).await;
+    assert_eq!(status, 401);
+    assert_eq!(err["code"], "unauthorized");
+}
+
+fn problem(status: u16, body: &Value, want_status: u16, code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], want_status);
+    assert_eq!(body["type"], format!("urn:trailkeep:problem:{code}"));
+}
+
+#[tokio::test]
+async fn each_bad_input_class_gets_its_exact_error_and_stores_nothing() {
+    let s = TestServer::start_with(|c| {
+        c.limits.max_body_bytes = 2048;
+        c.limits.max_json_depth = 6;
+        c.limits.max_short_field = 32;
+        c.limits.max_metadata_bytes = 100;
+        c.limits.max_tags = 2;
+    })
+    .await;
+    s.post("/v1/events", KEY, &event("kept", "u")).await;
+    let json_ct = ("content-type", "application/json");
+    let auth = (
+        "authorization",
+        "Bearer tk_test_key_for_integration_tests_0000000000",
+    );
+
+    let (st, b) = s
+        .post_raw(
+            "/v1/events",
+            &[json_ct],
+            serde_json::to_vec(&event("a", "u")).unwrap(),
+        )
+        .await;
+    problem(st, &b, 401, "unauthorized");
+    let (st, b) = s
+        .post_raw(
+            "/v1/events",
+            &[json_ct, ("authorization", "Bearer nope")],
+            serde_json::to_vec(&event("a", "u")).unwrap(),
+        )
+        .await;
+    problem(st, &b, 401, "unauthorized");
+    let (st, b) = s
+        .post_raw("/v1/events", &[json_ct, auth], "{\"action\": ")
+        .await;
+    problem(st, &b, 400, "invalid_json");
+    let (st, b) = s
+        .post_raw(
+            "/v1/events",
+            &[json_ct, auth],
+            "{'action': 'single quotes'}",
+        )
+        .await;
+    problem(st, &b, 400, "invalid_json");
+    let big = json!({"action": "a", "actor": {"id": "u"}, "description": "x".repeat(3000)});
+    let (st, b) = s
+        .post_raw(
+            "/v1/events",
+            &[json_ct, auth],
+            serde_json::to_vec(&big).unwrap(),
+        )
+        .await;
+    problem(st, &b, 413, "body_too_large");
+    let deep = json!({"action": "a", "actor": {"id": "u"}, "metadata": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}});
+    let (st, b) = s
+        .post_raw(
+            "/v1/events",
+            &[json_ct, auth],
+            serde_json::to_vec(&deep).unwrap(),
+        )
+        .await;
+    problem(st, &b, 400, "too_deep");
+    let (st, b) = s.post("/v1/events", KEY, &json!([1, 2])).await;
+    problem(st, &b, 422, "validation_failed");
+    let many = json!({
+        "action": "a".repeat(33), "actor": {"id": "u", "type": "robot"}, "tags": ["1", "2", "3"],
+        "metadata": {"blob": "y".repeat(120)}, "result": "meh", "context": {"ip": "not-an-ip", "request": {"status": 42}},
+        "occurred_at": "2026-13-01", "targets": [{"name": "no id"}], "surprise": true
+    });
+    let (st, b) = s.post("/v1/events", KEY, &many).await;
+    problem(st, &b, 422, "validation_failed");
+    let got: Vec<(String, String)> = b["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["field"].as_str().unwrap().to_owned(),
+                e["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("/surprise", "unknown_field"),
+        ("/action", "too_long"),
+        ("/occurred_at", "invalid"),
+        ("/actor/type", "invalid"),
+        ("/targets/0/id", "required"),
+        ("/result", "invalid"),
+        ("/tags", "too_many"),
+        ("/context/ip", "invalid"),
+        ("/context/request/status", "invalid"),
+        ("/metadata", "too_large"),
+    ] {
+        assert!(
+            got.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "missing {want:?} in {got:?}"
+        );
+    }
+    let (st, b) = s
+        .get(
+            "/v1/events?limit=0&result=maybe&since=soon&cursor=zzz&bogus=1",
+            KEY,
+        )
+        .await;
+    problem(st, &b, 400, "invalid_query");
+    assert_eq!(b["errors"].as_array().unwrap().len(), 5, "{b}");
+    let (st, b) = s
+        .post("/v1/events/batch", KEY, &json!({"events": "no"}))
+        .await;
+    problem(st, &b, 422, "validation_failed");
+    let bad_idem = [json_ct, auth, ("idempotency-key", "")];
+    let (st, b) = s
+        .post_raw(
+            "/v1/events",
+            &bad_idem,
+            serde_json::to_vec(&event("a", "u")).unwrap(),
+        )
+        .await;
+    problem(st, &b, 400, "invalid_idempotency_key");
+
+    assert_eq!(
+        actions(&s, "").await,
+        ["kept"],
+        "no refused request stored anything"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let s = TestServer::start().await;
+    for _ in 0..3 {
+        s.post("/v1/events", KEY, &event("a", "u")).await;
+    }
+    let (st, body) = s.get_text("/healthz", "").await;
+    assert_eq!((st, body.as_str()), (200, "ok\n"));
+    let (st, _) = s.get_text("/readyz", "").await;
+    assert_eq!(st, 200);
+    let (st, m) = s.get_text("/metrics", "").await;
+    assert_eq!(st, 200);
+    assert!(m.contains("trailkeep_events_ingested_total 3"), "{m}");
+    assert!(
+        m.contains(
+            "trailkeep_http_requests_total{method=\"POST\",route=\"/v1/events\",status=\"201\"} 3"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("trailkeep_commit_batch_events_count"), "{m}");
+    assert!(m.contains("trailkeep_commit_seconds_bucket"), "{m}");
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_and_matches_the_checked_in_copy() {
+    let s = TestServer::start().await;
+    let (st, served) = s.get_text("/openapi.json", "").await;
+    assert_eq!(st, 200);
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/events"]["post"].is_object());
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi.json");
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        std::fs::write(path, &served).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        checked_in == served,
+        "openapi.json is stale: run `UPDATE_EXPECT=1 cargo test openapi` and commit it"
+    );
+}
