@@ -18,12 +18,16 @@ use tlog::{Hash, HashReader, NodeId, TlogError};
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState, bearer, json_body};
+use crate::config::Limits;
+use crate::ingest::Checker;
 use crate::ingest::Violation;
-use crate::ingest::validate::native_event;
+use crate::ingest::validate::new_event_id;
+use crate::model::{Actor, ActorType, Context, LEAF_VERSION, Outcome, RequestInfo, Target};
 use crate::model::{Event, Time};
 use crate::store::{
     AppendJob, AppendOutcome, EventQuery, Idempotency, Principal, Receipt, StoredResponse, TreeHead,
 };
+use serde_json::Map;
 
 /// Routes of the native API.
 pub fn routes() -> Router<AppState> {
@@ -728,4 +732,255 @@ async fn export(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Validates one native-API event object and builds the canonical event
+/// (index 0 until the store assigns it).
+///
+/// # Errors
+/// Every violation found.
+pub(crate) fn native_event(
+    value: &Value,
+    limits: &Limits,
+    prefix: &str,
+    received_at: Time,
+) -> Result<Event, Vec<Violation>> {
+    let mut c = Checker::new(limits, prefix);
+    let Some(obj) = value.as_object() else {
+        c.violations.push(Violation {
+            field: if prefix.is_empty() {
+                "/".into()
+            } else {
+                prefix.into()
+            },
+            code: "type",
+            message: "an event must be a JSON object".into(),
+        });
+        return Err(c.violations);
+    };
+    let short = limits.max_short_field;
+    let text = limits.max_text_field;
+    const KNOWN: &[&str] = &[
+        "tenant",
+        "action",
+        "occurred_at",
+        "actor",
+        "targets",
+        "result",
+        "description",
+        "tags",
+        "context",
+        "metadata",
+    ];
+    for key in obj.keys() {
+        if !KNOWN.contains(&key.as_str()) {
+            c.fail(
+                key,
+                "unknown_field",
+                format!("unknown field; expected one of {}", KNOWN.join(", ")),
+            );
+        }
+    }
+    let tenant = c
+        .opt_str(obj, "tenant", "tenant", short)
+        .unwrap_or_else(|| "default".into());
+    let action = c.req_str(obj, "action", "action", short);
+    let occurred_at = c.opt_time(obj, "occurred_at", "occurred_at");
+    let actor = match obj.get("actor") {
+        None | Some(Value::Null) => {
+            c.fail("actor", "required", "is required");
+            None
+        }
+        Some(Value::Object(a)) => {
+            let id = c.req_str(a, "id", "actor/id", short);
+            let kind = match a.get("type") {
+                None | Some(Value::Null) => Some(ActorType::User),
+                Some(Value::String(s)) => match s.as_str() {
+                    "user" => Some(ActorType::User),
+                    "system" => Some(ActorType::System),
+                    "machine" => Some(ActorType::Machine),
+                    _ => {
+                        c.fail(
+                            "actor/type",
+                            "invalid",
+                            "must be one of user, system, machine",
+                        );
+                        None
+                    }
+                },
+                Some(_) => {
+                    c.fail("actor/type", "type", "must be a string");
+                    None
+                }
+            };
+            let name = c.opt_str(a, "name", "actor/name", text);
+            let email = c.opt_str(a, "email", "actor/email", text);
+            let mut extra = Map::new();
+            for (k, v) in a {
+                if !matches!(k.as_str(), "id" | "type" | "name" | "email") {
+                    extra.insert(k.clone(), v.clone());
+                }
+            }
+            if serde_json::to_vec(&extra).map_or(usize::MAX, |v| v.len())
+                > limits.max_metadata_bytes
+            {
+                c.fail("actor", "too_large", "extra actor attributes are too large");
+            }
+            match (id, kind) {
+                (Some(id), Some(kind)) => Some(Actor {
+                    id,
+                    kind,
+                    name,
+                    email,
+                    extra,
+                }),
+                _ => None,
+            }
+        }
+        Some(_) => {
+            c.fail("actor", "type", "must be an object");
+            None
+        }
+    };
+    let targets = match obj.get("targets") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() > limits.max_targets => {
+            c.fail(
+                "targets",
+                "too_many",
+                format!("at most {} targets", limits.max_targets),
+            );
+            Vec::new()
+        }
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let Some(t) = item.as_object() else {
+                    c.fail(&format!("targets/{i}"), "type", "must be an object");
+                    continue;
+                };
+                let id = c.req_str(t, "id", &format!("targets/{i}/id"), short);
+                let kind = c.opt_str(t, "type", &format!("targets/{i}/type"), short);
+                let name = c.opt_str(t, "name", &format!("targets/{i}/name"), text);
+                if let Some(id) = id {
+                    out.push(Target { id, kind, name });
+                }
+            }
+            out
+        }
+        Some(_) => {
+            c.fail("targets", "type", "must be an array of objects");
+            Vec::new()
+        }
+    };
+    let result = match c.opt_str(obj, "result", "result", short).as_deref() {
+        None => None,
+        Some("success") => Some(Outcome::Success),
+        Some("failure") => Some(Outcome::Failure),
+        Some(_) => {
+            c.fail("result", "invalid", "must be success or failure");
+            None
+        }
+    };
+    let description = c.opt_str(obj, "description", "description", text);
+    let tags = c.tags(obj.get("tags"), "tags");
+    let context = match c.opt_obj(obj, "context", "context") {
+        None => Context::default(),
+        Some(ctx) => {
+            let ip = c.opt_str(ctx, "ip", "context/ip", short);
+            if let Some(ip) = &ip
+                && ip.parse::<std::net::IpAddr>().is_err()
+            {
+                c.fail("context/ip", "invalid", "must be an IPv4 or IPv6 address");
+            }
+            let user_agent = c.opt_str(ctx, "user_agent", "context/user_agent", text);
+            let location = c.opt_str(ctx, "location", "context/location", text);
+            let request = match c.opt_obj(ctx, "request", "context/request") {
+                None => RequestInfo::default(),
+                Some(r) => {
+                    let method = c.opt_str(r, "method", "context/request/method", short);
+                    let path = c.opt_str(r, "path", "context/request/path", text);
+                    let status = match r.get("status") {
+                        None | Some(Value::Null) => None,
+                        Some(v) => match v.as_u64() {
+                            Some(s) if (100..=599).contains(&s) => Some(s as u16),
+                            _ => {
+                                c.fail(
+                                    "context/request/status",
+                                    "invalid",
+                                    "must be an integer from 100 to 599",
+                                );
+                                None
+                            }
+                        },
+                    };
+                    RequestInfo {
+                        method,
+                        path,
+                        status,
+                    }
+                }
+            };
+            Context {
+                ip,
+                user_agent,
+                location,
+                request,
+            }
+        }
+    };
+    let metadata = c.metadata(obj.get("metadata"), "metadata");
+    let event = match (action, actor) {
+        (Some(action), Some(actor)) => Some(Event {
+            v: LEAF_VERSION,
+            id: new_event_id(received_at),
+            tenant,
+            index: 0,
+            received_at,
+            occurred_at: occurred_at.unwrap_or(received_at),
+            action,
+            actor,
+            targets,
+            result,
+            description,
+            tags,
+            context,
+            metadata,
+            source: None,
+        }),
+        _ => None,
+    };
+    c.finish(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reports_every_violation_at_once() {
+        let limits = Limits {
+            max_short_field: 8,
+            ..Limits::default()
+        };
+        let v = json!({"action": 5, "actor": {"type": "robot"}, "tags": ["ok", "", 3], "result": "maybe",
+                       "context": {"ip": "1.2.3"}, "occurred_at": "yesterday", "extra": 1, "tenant": "waytoolongname"});
+        let errs = native_event(&v, &limits, "", Time::now()).unwrap_err();
+        let fields: Vec<(&str, &str)> = errs.iter().map(|e| (e.field.as_str(), e.code)).collect();
+        for want in [
+            ("/extra", "unknown_field"),
+            ("/tenant", "too_long"),
+            ("/action", "type"),
+            ("/occurred_at", "invalid"),
+            ("/actor/id", "required"),
+            ("/actor/type", "invalid"),
+            ("/result", "invalid"),
+            ("/tags/1", "empty"),
+            ("/tags/2", "type"),
+            ("/context/ip", "invalid"),
+        ] {
+            assert!(fields.contains(&want), "missing {want:?} in {fields:?}");
+        }
+    }
 }

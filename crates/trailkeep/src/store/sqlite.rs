@@ -143,6 +143,36 @@ impl SqliteStore {
         })
     }
 
+    /// Opens an existing store for reading only: no writer, no
+    /// checkpointer, no search indexing, so it is safe beside a running
+    /// server (the CLI's `export` uses it). Appends fail with
+    /// [`StoreError::Unavailable`].
+    ///
+    /// # Errors
+    /// When the database is missing or its schema is newer than this build.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != schema::SQLITE_SCHEMA_VERSION {
+            return Err(StoreError::Corrupted(format!(
+                "database schema version {version}; this build reads {}",
+                schema::SQLITE_SCHEMA_VERSION
+            )));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            tx: Mutex::new(None),
+            readers: Arc::new(ReadPool {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            writer: Mutex::new(None),
+            checkpointer: Mutex::new(None),
+            stop: Arc::new(AtomicBool::new(true)),
+            writer_alive: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
     /// The database file.
     #[must_use]
     pub fn path(&self) -> &Path {

@@ -80,7 +80,7 @@ CREATE TABLE idempotency (
 
 -- Contentless full-text index; rowid = events.seq. Filled after commit by
 -- the writer (see fts_watermark), never in the acknowledgment path.
-CREATE VIRTUAL TABLE events_fts USING fts5 (body, content = '', detail = none);
+CREATE VIRTUAL TABLE events_fts USING fts5 (body, content = '');
 
 CREATE TABLE meta (
     key    TEXT PRIMARY KEY,
