@@ -182,9 +182,22 @@ impl Config {
             insert_path(&mut table, &path, parse_env_value(value));
         }
         let mut config: Self = Self::deserialize(toml::Value::Table(table)).map_err(|e| {
-            anyhow::anyhow!(
-                "invalid configuration: {e} (check the config file and TRAILKEEP_* variables)"
-            )
+            let msg = e.to_string();
+            // toml names the offending key as "in `a.b`"; name its variable too.
+            let key = msg
+                .split("in `")
+                .nth(1)
+                .and_then(|rest| rest.split('`').next());
+            match key {
+                Some(key) => anyhow::anyhow!(
+                    "invalid config key `{key}` (env {}): {}",
+                    env_var_for(key),
+                    msg.lines().next().unwrap_or_default()
+                ),
+                None => anyhow::anyhow!(
+                    "invalid configuration: {msg} (check the config file and TRAILKEEP_* variables)"
+                ),
+            }
         })?;
         if let Some(v) = &overrides.listen {
             config.listen.clone_from(v);
@@ -403,6 +416,10 @@ mod tests {
             &env(&[("TRAILKEEP_LIMITS__MAX_TAGS", "many")]),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("max_tags"), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`limits.max_tags`") && msg.contains("TRAILKEEP_LIMITS__MAX_TAGS"),
+            "{msg}"
+        );
     }
 }
