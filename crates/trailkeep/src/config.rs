@@ -29,6 +29,101 @@ pub struct Config {
     pub limits: Limits,
     /// Group-commit tuning.
     pub commit: CommitConfig,
+    /// Per-credential request rate limit.
+    pub rate_limit: RateLimitConfig,
+    /// Settings of individual dialects.
+    pub dialects: DialectsConfig,
+    /// Geo-IP enrichment (Auditr).
+    pub geoip: GeoIpConfig,
+    /// Notification webhook delivery.
+    pub webhooks: WebhooksConfig,
+}
+
+/// Per-credential rate limit (GCRA). Off by default: a self-hosted service
+/// should not refuse its owner unasked.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per credential; 0 turns limiting off.
+    pub requests_per_second: u32,
+    /// Requests allowed at once above the sustained rate; 0 means equal to the rate.
+    pub burst: u32,
+}
+
+/// Dialect settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DialectsConfig {
+    /// The ta-vivo audit-log dialect (`/logs`).
+    pub tavivo: TavivoConfig,
+}
+
+/// ta-vivo: JWT-authenticated `/logs`.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TavivoConfig {
+    /// HS256 secret (env `JWT_SECRET`, as in the original); unset turns `/logs` off.
+    pub jwt_secret: Option<String>,
+    /// Project that JWT-authenticated events belong to.
+    pub project: String,
+    /// Tenant of those events.
+    pub tenant: String,
+}
+
+impl Default for TavivoConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            project: "default".into(),
+            tenant: "tavivo".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for TavivoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TavivoConfig")
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("project", &self.project)
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
+
+/// Geo-IP databases in MaxMind format.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoIpConfig {
+    /// Comma-separated `.mmdb` paths (IPv4 and IPv6 files may be separate); unset turns geo-IP off.
+    pub city_db: Option<String>,
+}
+
+/// Webhook delivery: retries with exponential backoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Attempts before a delivery is marked failed.
+    pub max_attempts: u32,
+    /// Delay before the first retry, doubled after each failure.
+    pub backoff_base_ms: u64,
+    /// Longest delay between attempts.
+    pub backoff_max_ms: u64,
+    /// Timeout of one attempt.
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            backoff_base_ms: 5000,
+            backoff_max_ms: 3_600_000,
+            timeout_ms: 10_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -40,6 +135,10 @@ impl Default for Config {
             log_name: "trailkeep.local".into(),
             limits: Limits::default(),
             commit: CommitConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            dialects: DialectsConfig::default(),
+            geoip: GeoIpConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -165,6 +264,13 @@ impl Config {
             table.insert(
                 "listen".into(),
                 toml::Value::String(format!("0.0.0.0:{port}")),
+            );
+        }
+        if let Some(secret) = get("JWT_SECRET") {
+            insert_path(
+                &mut table,
+                &["dialects".into(), "tavivo".into(), "jwt_secret".into()],
+                toml::Value::String(secret),
             );
         }
         for (name, value) in env {
@@ -306,6 +412,16 @@ const KNOWN_KEYS: &[&[&str]] = &[
     &["commit", "max_batch_events"],
     &["commit", "window_us"],
     &["commit", "queue_capacity"],
+    &["rate_limit", "requests_per_second"],
+    &["rate_limit", "burst"],
+    &["dialects", "tavivo", "jwt_secret"],
+    &["dialects", "tavivo", "project"],
+    &["dialects", "tavivo", "tenant"],
+    &["geoip", "city_db"],
+    &["webhooks", "max_attempts"],
+    &["webhooks", "backoff_base_ms"],
+    &["webhooks", "backoff_max_ms"],
+    &["webhooks", "timeout_ms"],
 ];
 
 fn is_known_key(path: &[String]) -> bool {

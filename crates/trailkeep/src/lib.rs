@@ -21,7 +21,9 @@ pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod ratelimit;
 pub mod store;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,10 +79,15 @@ impl Server {
             )
         })?;
         let db = config.sqlite_path();
+        let mut tavivo_project = None;
         let generated_key = {
             let conn = open_admin(&db).with_context(|| {
                 format!("opening store {} (store / TRAILKEEP_STORE)", db.display())
             })?;
+            if config.dialects.tavivo.jwt_secret.is_some() {
+                let name = config.dialects.tavivo.project.clone();
+                tavivo_project = Some((admin::ensure_project(&conn, &name)?, name));
+            }
             match bootstrap_key {
                 Some(key) => {
                     admin::add_key(&conn, DEFAULT_PROJECT, key)?;
@@ -96,7 +103,20 @@ impl Server {
             .context("loading the log signing key")?;
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(SqliteStore::open(&db, &config.commit, metrics.clone())?);
-        let state = api::AppState::new(store.clone(), Arc::new(config), metrics, Arc::new(log));
+        let mut state = api::AppState::new(store.clone(), Arc::new(config), metrics, Arc::new(log));
+        state.tavivo_project = tavivo_project;
+        if let Some(paths) = &state.config.geoip.city_db {
+            let paths: Vec<std::path::PathBuf> = paths
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(Into::into)
+                .collect();
+            let geo = ingest::enrich::GeoIp::open(&paths).context(
+                "opening the geo-IP database (geoip.city_db / TRAILKEEP_GEOIP__CITY_DB)",
+            )?;
+            state.geo = Some(Arc::new(geo));
+        }
         Ok(Self {
             state,
             generated_key,
@@ -116,9 +136,20 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let app = api::app(self.state.clone());
-        axum::serve(listener, app)
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let deliveries = tokio::spawn(webhooks::run(
+            self.state.store.clone(),
+            self.state.config.webhooks.clone(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        let _ = stop_tx.send(());
+        let _ = deliveries.await;
+        served?;
         drop(self.state);
         let store = self.store;
         tokio::task::spawn_blocking(move || store.close()).await?;

@@ -50,6 +50,13 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Manage notification webhooks offline.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// The log signing key.
     Key {
         #[command(subcommand)]
@@ -120,6 +127,35 @@ enum KeysCommand {
     /// Revoke a key by id.
     Revoke {
         /// Key id from `keys list`.
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Add a webhook; prints its signing secret once.
+    Add {
+        /// Project name.
+        #[arg(long, default_value = trailkeep::DEFAULT_PROJECT)]
+        project: String,
+        /// Receiver URL (http or https).
+        url: String,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List a project's webhooks (never their secrets).
+    List {
+        /// Project name.
+        #[arg(long, default_value = trailkeep::DEFAULT_PROJECT)]
+        project: String,
+    },
+    /// Remove a webhook by id.
+    Remove {
+        /// Project name.
+        #[arg(long, default_value = trailkeep::DEFAULT_PROJECT)]
+        project: String,
+        /// Webhook id from `webhooks list`.
         id: i64,
     },
 }
@@ -197,6 +233,49 @@ fn real_main() -> anyhow::Result<ExitCode> {
                         anyhow::bail!("no active key with id {id}");
                     }
                     eprintln!("revoked key {id}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Webhooks { command, store } => {
+            let config = load_config(&store, None)?;
+            let conn = open_admin(&config.sqlite_path())?;
+            match command {
+                WebhooksCommand::Add {
+                    project,
+                    url,
+                    description,
+                } => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        anyhow::bail!("the URL must start with http:// or https://");
+                    }
+                    let id = admin::ensure_project(&conn, &project)?;
+                    let hook = admin::add_webhook(&conn, id, &url, description.as_deref())?;
+                    eprintln!(
+                        "added webhook {} for project {project}; its signing secret is shown only now:",
+                        hook.id
+                    );
+                    println!("{}", hook.secret.unwrap_or_default());
+                }
+                WebhooksCommand::List { project } => {
+                    let id = admin::project_id(&conn, &project)?
+                        .with_context(|| format!("no project {project}"))?;
+                    for h in admin::list_webhooks(&conn, id)? {
+                        println!(
+                            "{:>6}  {}  {}",
+                            h.id,
+                            h.url,
+                            h.description.unwrap_or_default()
+                        );
+                    }
+                }
+                WebhooksCommand::Remove { project, id } => {
+                    let pid = admin::project_id(&conn, &project)?
+                        .with_context(|| format!("no project {project}"))?;
+                    if !admin::remove_webhook(&conn, pid, id)? {
+                        anyhow::bail!("no webhook {id} in project {project}");
+                    }
+                    eprintln!("removed webhook {id}");
                 }
             }
             Ok(ExitCode::SUCCESS)

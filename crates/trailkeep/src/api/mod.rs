@@ -5,6 +5,7 @@
 //! dialect is one file that owns its request/response types and converts
 //! them to and from [`crate::model::Event`].
 
+pub mod dialects;
 pub mod native;
 pub mod openapi;
 
@@ -48,6 +49,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Signs checkpoints.
     pub log: Arc<crate::log::LogKey>,
+    /// Per-credential rate limit.
+    pub rate: Arc<crate::ratelimit::RateLimiter>,
+    /// The ta-vivo dialect's project (id, name), when that dialect is on.
+    pub tavivo_project: Option<(i64, String)>,
+    /// Geo-IP databases, when configured.
+    pub geo: Option<Arc<crate::ingest::enrich::GeoIp>>,
+    /// User-agent parser with its cache.
+    pub agents: Arc<crate::ingest::enrich::UserAgents>,
     auth_cache: Arc<Mutex<AuthCache>>,
 }
 
@@ -60,11 +69,16 @@ impl AppState {
         metrics: Arc<Metrics>,
         log: Arc<crate::log::LogKey>,
     ) -> Self {
+        let rate = Arc::new(crate::ratelimit::RateLimiter::new(&config.rate_limit));
         Self {
             store,
             config,
             metrics,
             log,
+            rate,
+            tavivo_project: None,
+            geo: None,
+            agents: Arc::default(),
             auth_cache: Arc::default(),
         }
     }
@@ -99,6 +113,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::serve))
         .merge(native::routes())
+        .merge(dialects::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,

@@ -39,6 +39,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/tenants/{tenant}/checkpoint", get(checkpoint))
         .route("/v1/tenants/{tenant}/consistency", get(consistency))
         .route("/v1/tenants/{tenant}/export", get(export))
+        .route("/v1/webhooks", post(create_webhook).get(list_webhooks))
+        .route("/v1/webhooks/{id}", axum::routing::delete(delete_webhook))
 }
 
 /// An event as sent to `POST /v1/events` (documentation of the wire shape).
@@ -175,10 +177,23 @@ pub struct ConsistencyOut {
 
 async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let key = bearer(headers).ok_or_else(ApiError::unauthorized)?;
-    state
+    let p = state
         .authenticate(key)
         .await?
-        .ok_or_else(ApiError::unauthorized)
+        .ok_or_else(ApiError::unauthorized)?;
+    if let Err(secs) = state
+        .rate
+        .check(crate::ratelimit::Credential::Key(p.key_id))
+    {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "rate limit exceeded; retry later",
+        );
+        e.retry_after = Some(secs);
+        return Err(e);
+    }
+    Ok(p)
 }
 
 fn idempotency_key(
@@ -230,6 +245,7 @@ pub async fn append(
         events,
         idempotency: idempotency
             .map(|i| (i, Box::new(render.clone()) as crate::store::RenderResponse)),
+        notify: false,
     };
     match state.store.append(job).await.map_err(AppendError::Store)? {
         AppendOutcome::Committed(receipts) => Ok(render(&receipts)),
@@ -982,5 +998,110 @@ mod tests {
         ] {
             assert!(fields.contains(&want), "missing {want:?} in {fields:?}");
         }
+    }
+}
+
+/// A webhook as listed (the secret appears only in the creation reply).
+#[derive(serde::Serialize, ToSchema)]
+pub struct WebhookOut {
+    /// Webhook id.
+    id: i64,
+    /// Target URL.
+    url: String,
+    /// Description.
+    description: Option<String>,
+    /// Signing secret (`whsec_…`), only when just created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    /// Creation time.
+    created_at: String,
+}
+
+impl From<crate::store::Webhook> for WebhookOut {
+    fn from(w: crate::store::Webhook) -> Self {
+        Self {
+            id: w.id,
+            url: w.url,
+            description: w.description,
+            secret: w.secret,
+            created_at: w.created_at.to_string(),
+        }
+    }
+}
+
+/// A webhook to create.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "wire documentation")]
+pub struct WebhookIn {
+    /// `http` or `https` URL that receives notifications.
+    url: String,
+    /// Free text.
+    description: Option<String>,
+}
+
+/// Add a notification webhook; the reply shows its signing secret once.
+#[utoipa::path(post, path = "/v1/webhooks", request_body = WebhookIn,
+    responses((status = 201, body = WebhookOut), (status = 401), (status = 422)), security(("bearer" = [])))]
+async fn create_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let (_, value) = json_body(&state.config, body)?;
+    let mut c = Checker::new(&state.config.limits, "");
+    let empty = Map::new();
+    let obj = value.as_object().unwrap_or(&empty);
+    let url = c.req_str(obj, "url", "url", state.config.limits.max_text_field);
+    if let Some(u) = &url
+        && (!(u.starts_with("http://") || u.starts_with("https://"))
+            || reqwest::Url::parse(u).is_err())
+    {
+        c.fail("url", "invalid", "must be an http or https URL");
+    }
+    let description = c.opt_str(
+        obj,
+        "description",
+        "description",
+        state.config.limits.max_text_field,
+    );
+    let url = c.finish(url).map_err(ApiError::validation)?;
+    let hook = state
+        .store
+        .create_webhook(p.project, url, description)
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(WebhookOut::from(hook))).into_response())
+}
+
+/// The project's webhooks.
+#[utoipa::path(get, path = "/v1/webhooks", responses((status = 200, body = [WebhookOut])), security(("bearer" = [])))]
+async fn list_webhooks(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    let hooks: Vec<WebhookOut> = state
+        .store
+        .list_webhooks(p.project)
+        .await?
+        .into_iter()
+        .map(WebhookOut::from)
+        .collect();
+    Ok(axum::Json(hooks).into_response())
+}
+
+/// Remove a webhook; its pending notifications are dropped.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", params(("id" = i64, Path)),
+    responses((status = 204), (status = 404)), security(("bearer" = [])))]
+async fn delete_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers).await?;
+    if state.store.delete_webhook(p.project, id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found("webhook"))
     }
 }

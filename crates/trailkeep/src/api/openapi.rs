@@ -20,8 +20,13 @@ use super::native;
         native::checkpoint,
         native::consistency,
         native::export,
+        native::create_webhook,
+        native::list_webhooks,
+        native::delete_webhook,
     ),
-    components(schemas(native::EventIn, native::BatchIn, native::ReceiptOut, native::ProofOut, native::ConsistencyOut, crate::ingest::Violation)),
+    components(schemas(native::EventIn, native::BatchIn, native::ReceiptOut, native::ProofOut, native::ConsistencyOut,
+        native::WebhookIn,
+        native::WebhookOut, crate::ingest::Violation)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

@@ -443,20 +443,21 @@ impl fmt::Debug for UserAgents {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    //! The fixtures are MaxMind DB files written here, byte by byte, from the
-    //! "MaxMind DB File Format Specification" v2.0: a binary search tree of
-    //! 24-bit records, 16 zero bytes, a data section, then
-    //! `\xAB\xCD\xEFMaxMind.com` and the metadata map.
-
+/// Tiny MaxMind DB files written byte by byte from the "MaxMind DB File
+/// Format Specification" v2.0 (a binary search tree of 24-bit records, 16
+/// zero bytes, a data section, then `\xAB\xCD\xEFMaxMind.com` and the
+/// metadata map), so tests never need the real databases.
+#[doc(hidden)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    reason = "test fixture builder shared with integration tests"
+)]
+pub mod fixture {
     use std::net::IpAddr;
-    use std::path::PathBuf;
-
-    use super::{EnrichError, GeoInfo, GeoIp, UA_CACHE_CAPACITY, UserAgents};
 
     /// A MaxMind DB data-section value.
-    enum Value {
+    pub enum Value {
         Str(&'static str),
         Double(f64),
         Float(f32),
@@ -561,14 +562,14 @@ mod tests {
 
     /// Builds a MaxMind DB file with 24-bit records. An IPv6 tree (128 bits)
     /// places IPv4 networks at `::a.b.c.d`, as MaxMind's own files do.
-    struct MmdbBuilder {
+    pub struct MmdbBuilder {
         ip_version: u16,
         nodes: Vec<[Record; 2]>,
         data: Vec<u8>,
     }
 
     impl MmdbBuilder {
-        fn new(ip_version: u16) -> Self {
+        pub fn new(ip_version: u16) -> Self {
             assert!(ip_version == 4 || ip_version == 6);
             MmdbBuilder {
                 ip_version,
@@ -620,12 +621,12 @@ mod tests {
             }
         }
 
-        fn insert_value(&mut self, cidr: &str, value: &Value) {
+        pub fn insert_value(&mut self, cidr: &str, value: &Value) {
             let offset = self.add_value(value);
             self.insert(cidr, offset);
         }
 
-        fn build(&self) -> Vec<u8> {
+        pub fn build(&self) -> Vec<u8> {
             let node_count = self.nodes.len();
             let mut out = Vec::new();
             for node in &self.nodes {
@@ -667,7 +668,7 @@ mod tests {
     }
 
     /// IPv4 only, flat ip-location-db records.
-    fn flat_ipv4_db() -> Vec<u8> {
+    pub fn flat_ipv4_db() -> Vec<u8> {
         let mut db = MmdbBuilder::new(4);
         db.insert_value(
             "81.2.69.0/24",
@@ -697,7 +698,7 @@ mod tests {
     /// IPv6 tree with a GeoIP2-City record for an IPv4 network and a flat
     /// record for an IPv6 network. The country map is shared through a
     /// pointer, as real GeoIP2 files share most of their data.
-    fn geoip2_ipv6_db() -> Vec<u8> {
+    pub fn geoip2_ipv6_db() -> Vec<u8> {
         let mut db = MmdbBuilder::new(6);
         let country = db.add_value(&Value::Map(vec![
             ("geoname_id", Value::U32(2_635_167)),
@@ -757,6 +758,19 @@ mod tests {
         );
         db.build()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fixtures are MaxMind DB files written here, byte by byte, from the
+    //! "MaxMind DB File Format Specification" v2.0: a binary search tree of
+    //! 24-bit records, 16 zero bytes, a data section, then
+    //! `\xAB\xCD\xEFMaxMind.com` and the metadata map.
+
+    use std::path::PathBuf;
+
+    use super::fixture::{flat_ipv4_db, geoip2_ipv6_db};
+    use super::{EnrichError, GeoInfo, GeoIp, UA_CACHE_CAPACITY, UserAgents};
 
     struct Fixture {
         _dir: tempfile::TempDir,

@@ -77,6 +77,9 @@ pub struct AppendJob {
     pub events: Vec<Event>,
     /// Present when the caller sent `Idempotency-Key`.
     pub idempotency: Option<(Idempotency, RenderResponse)>,
+    /// Queue a notification to every webhook of the project, in the same
+    /// transaction as the events.
+    pub notify: bool,
 }
 
 /// What the store says about one appended event.
@@ -145,6 +148,8 @@ pub struct EventQuery {
     pub text_terms: Vec<String>,
     /// Only events with `seq < before` (keyset cursor).
     pub before: Option<i64>,
+    /// Only events with leaf index `< before_index` (with `tenant` set).
+    pub before_index: Option<u64>,
     /// Page size.
     pub limit: usize,
 }
@@ -180,6 +185,71 @@ pub struct TreeHead {
     pub root: Hash,
 }
 
+/// A notification webhook of a project.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Webhook id.
+    pub id: i64,
+    /// Target URL.
+    pub url: String,
+    /// Free-text description.
+    pub description: Option<String>,
+    /// The signing secret (`whsec_…`): returned only on creation.
+    pub secret: Option<String>,
+    /// Creation time.
+    pub created_at: Time,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// One queued notification attempt.
+#[derive(Clone)]
+pub struct Delivery {
+    /// Outbox row id.
+    pub id: i64,
+    /// Target URL.
+    pub url: String,
+    /// The webhook's signing secret.
+    pub secret: String,
+    /// Message id, the same on every attempt (`webhook-id`).
+    pub msg_id: String,
+    /// Body bytes, the same on every attempt.
+    pub payload: Vec<u8>,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// What an attempt achieved.
+#[derive(Debug, Clone)]
+pub enum DeliveryResult {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Try again at the given time.
+    Retry {
+        /// When.
+        at: Time,
+        /// The HTTP status, if any answer came.
+        status: Option<u16>,
+        /// What went wrong.
+        error: String,
+    },
+    /// Out of attempts.
+    Failed {
+        /// The HTTP status, if any answer came.
+        status: Option<u16>,
+        /// What went wrong.
+        error: String,
+    },
+}
+
 /// The storage contract every backend implements.
 pub trait EventStore: Send + Sync {
     /// Durably appends a job's events (see the module invariant).
@@ -198,4 +268,21 @@ pub trait EventStore: Send + Sync {
     fn scan_tenant(&self, tenant_id: i64, from: u64, to: u64) -> StoreFuture<'_, Vec<StoredEvent>>;
     /// Succeeds when the store can serve reads and writes.
     fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Creates a webhook; the result carries its secret, shown only now.
+    fn create_webhook(
+        &self,
+        project: ProjectId,
+        url: String,
+        description: Option<String>,
+    ) -> StoreFuture<'_, Webhook>;
+    /// The live webhooks of a project, without secrets.
+    fn list_webhooks(&self, project: ProjectId) -> StoreFuture<'_, Vec<Webhook>>;
+    /// Deletes a webhook; false when the project has no such webhook.
+    fn delete_webhook(&self, project: ProjectId, id: i64) -> StoreFuture<'_, bool>;
+    /// Up to `limit` notifications due at `now`.
+    fn due_deliveries(&self, now: Time, limit: usize) -> StoreFuture<'_, Vec<Delivery>>;
+    /// Records the result of one attempt.
+    fn record_delivery(&self, id: i64, result: DeliveryResult) -> StoreFuture<'_, ()>;
+    /// Woken after a commit that queued notifications.
+    fn outbox_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
 }

@@ -6,7 +6,10 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
-const SQLITE_MIGRATIONS: &[&str] = &[include_str!("sql/sqlite_001_init.sql")];
+const SQLITE_MIGRATIONS: &[&str] = &[
+    include_str!("sql/sqlite_001_init.sql"),
+    include_str!("sql/sqlite_002_webhooks.sql"),
+];
 
 /// The schema version this build writes.
 pub(crate) const SQLITE_SCHEMA_VERSION: i64 = SQLITE_MIGRATIONS.len() as i64;

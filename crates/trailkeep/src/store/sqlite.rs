@@ -23,8 +23,9 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{
-    AppendJob, AppendOutcome, EventQuery, EventStore, Page, Principal, ProjectId, Receipt,
-    StoreError, StoreFuture, StoredEvent, StoredResponse, TreeHead, schema,
+    AppendJob, AppendOutcome, Delivery, DeliveryResult, EventQuery, EventStore, Page, Principal,
+    ProjectId, Receipt, StoreError, StoreFuture, StoredEvent, StoredResponse, TreeHead, Webhook,
+    schema,
 };
 use crate::config::CommitConfig;
 use crate::keys;
@@ -57,6 +58,10 @@ pub struct SqliteStore {
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
     writer_alive: Arc<AtomicBool>,
+    /// A read-write connection for small writes outside the event path
+    /// (webhooks, delivery results); opened on first use.
+    side: Arc<Mutex<Option<Connection>>>,
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -105,6 +110,7 @@ impl SqliteStore {
             |r| r.get(0),
         )?;
         let (tx, rx) = std::sync::mpsc::sync_channel(commit.queue_capacity);
+        let outbox = Arc::new(tokio::sync::Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
         let writer_alive = Arc::new(AtomicBool::new(true));
         let writer = Writer {
@@ -114,6 +120,7 @@ impl SqliteStore {
             metrics,
             fts_watermark: watermark,
             last_fts: Instant::now(),
+            outbox: outbox.clone(),
         };
         let alive = writer_alive.clone();
         let writer = std::thread::Builder::new()
@@ -140,6 +147,8 @@ impl SqliteStore {
             checkpointer: Mutex::new(Some(checkpointer)),
             stop,
             writer_alive,
+            side: Arc::default(),
+            outbox,
         })
     }
 
@@ -170,6 +179,8 @@ impl SqliteStore {
             checkpointer: Mutex::new(None),
             stop: Arc::new(AtomicBool::new(true)),
             writer_alive: Arc::new(AtomicBool::new(false)),
+            side: Arc::default(),
+            outbox: Arc::default(),
         })
     }
 
@@ -190,6 +201,27 @@ impl SqliteStore {
         if let Some(h) = self.checkpointer.lock().expect("lock").take() {
             let _ = h.join();
         }
+    }
+
+    fn write_side<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let side = self.side.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut guard = side.lock().expect("lock");
+                if guard.is_none() {
+                    let conn = Connection::open(&path)?;
+                    configure(&conn)?;
+                    *guard = Some(conn);
+                }
+                f(guard.as_ref().expect("just opened"))
+            })
+            .await
+            .map_err(|e| StoreError::Backend(Box::new(e)))?
+        })
     }
 
     fn read<T: Send + 'static>(
@@ -303,6 +335,7 @@ struct Writer {
     metrics: Arc<Metrics>,
     fts_watermark: i64,
     last_fts: Instant,
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 impl Writer {
@@ -356,6 +389,7 @@ impl Writer {
         let mut results: Vec<Result<AppendOutcome, StoreError>> = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         let mut staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
+        let notified = batch.iter().any(|q| q.job.notify);
         let outcome = (|| -> Result<(), StoreError> {
             let tx = self
                 .conn
@@ -395,6 +429,9 @@ impl Writer {
             Ok(()) => {
                 self.tenants.extend(staged);
                 self.metrics.observe_commit(n_events, started.elapsed());
+                if notified {
+                    self.outbox.notify_one();
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; no event in it was acknowledged");
@@ -522,6 +559,7 @@ fn apply_job(
         project,
         events,
         idempotency,
+        notify,
     } = job;
     if let Some((idem, _)) = &idempotency {
         let prior: Option<(Vec<u8>, u16, Vec<u8>, i64)> = tx
@@ -585,6 +623,23 @@ fn apply_job(
         }
         for (id, hash) in state.frontier.append(leaf_hash) {
             insert_node.execute(params![state.id, id.level, id.index as i64, &hash[..]])?;
+        }
+        if notify {
+            let mut payload = Vec::with_capacity(leaf.len() + 80);
+            payload.extend_from_slice(
+                format!(
+                    "{{\"type\":\"event.notify\",\"timestamp\":\"{}\",\"data\":",
+                    event.received_at
+                )
+                .as_bytes(),
+            );
+            payload.extend_from_slice(&leaf);
+            payload.push(b'}');
+            tx.prepare_cached(
+                "INSERT INTO webhook_outbox (webhook_id, msg_id, payload, attempts, next_attempt_at, created_at)
+                 SELECT id, ?1, ?2, 0, ?3, ?3 FROM webhooks WHERE project_id = ?4 AND deleted_at IS NULL",
+            )?
+            .execute(params![event.id.to_string(), payload, now, project])?;
         }
         receipts.push(Receipt {
             id: event.id,
@@ -685,6 +740,9 @@ fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Pa
             " AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH @)",
             fts_query(&q.text_terms).into(),
         );
+    }
+    if let Some(b) = q.before_index {
+        arg(&mut sql, " AND idx < @", (b as i64).into());
     }
     if let Some(b) = q.before {
         arg(&mut sql, " AND seq < @", b.into());
@@ -797,6 +855,70 @@ impl EventStore for SqliteStore {
             .query_map(params![tenant_id, from as i64, to as i64], stored_event)?
             .collect::<Result<_, _>>()?)
         })
+    }
+
+    fn create_webhook(
+        &self,
+        project: ProjectId,
+        url: String,
+        description: Option<String>,
+    ) -> StoreFuture<'_, Webhook> {
+        self.write_side(move |c| admin::add_webhook(c, project, &url, description.as_deref()))
+    }
+
+    fn list_webhooks(&self, project: ProjectId) -> StoreFuture<'_, Vec<Webhook>> {
+        self.read(move |c| admin::list_webhooks(c, project))
+    }
+
+    fn delete_webhook(&self, project: ProjectId, id: i64) -> StoreFuture<'_, bool> {
+        self.write_side(move |c| admin::remove_webhook(c, project, id))
+    }
+
+    fn due_deliveries(&self, now: Time, limit: usize) -> StoreFuture<'_, Vec<Delivery>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT o.id, w.url, w.secret, o.msg_id, o.payload, o.attempts FROM webhook_outbox o
+                 JOIN webhooks w ON w.id = o.webhook_id
+                 WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND o.next_attempt_at <= ?1
+                 ORDER BY o.next_attempt_at LIMIT ?2",
+            )?
+            .query_map(params![now.as_micros(), limit as i64], |r| {
+                Ok(Delivery {
+                    id: r.get(0)?,
+                    url: r.get(1)?,
+                    secret: r.get(2)?,
+                    msg_id: r.get(3)?,
+                    payload: r.get(4)?,
+                    attempts: r.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn record_delivery(&self, id: i64, result: DeliveryResult) -> StoreFuture<'_, ()> {
+        self.write_side(move |c| {
+            let now = Time::now().as_micros();
+            match result {
+                DeliveryResult::Delivered => c.execute(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, delivered_at = ?1, last_status = NULL, last_error = NULL WHERE id = ?2",
+                    params![now, id],
+                )?,
+                DeliveryResult::Retry { at, status, error } => c.execute(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?1, last_status = ?2, last_error = ?3 WHERE id = ?4",
+                    params![at.as_micros(), status, error, id],
+                )?,
+                DeliveryResult::Failed { status, error } => c.execute(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, failed_at = ?1, last_status = ?2, last_error = ?3 WHERE id = ?4",
+                    params![now, status, error, id],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    fn outbox_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox.clone()
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
@@ -921,5 +1043,90 @@ pub mod admin {
             params![Time::now().as_micros(), id],
         )?;
         Ok(n == 1)
+    }
+
+    /// Creates a webhook for a project; the returned value carries its
+    /// secret, which is shown only now.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn add_webhook(
+        conn: &Connection,
+        project: ProjectId,
+        url: &str,
+        description: Option<&str>,
+    ) -> Result<Webhook, StoreError> {
+        let secret = crate::webhooks::generate_secret();
+        let now = Time::now();
+        conn.execute(
+            "INSERT INTO webhooks (project_id, url, description, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![project, url, description, secret, now.as_micros()],
+        )?;
+        Ok(Webhook {
+            id: conn.last_insert_rowid(),
+            url: url.to_owned(),
+            description: description.map(str::to_owned),
+            secret: Some(secret),
+            created_at: now,
+        })
+    }
+
+    /// The live webhooks of a project, without secrets.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn list_webhooks(
+        conn: &Connection,
+        project: ProjectId,
+    ) -> Result<Vec<Webhook>, StoreError> {
+        Ok(conn
+            .prepare_cached("SELECT id, url, description, created_at FROM webhooks WHERE project_id = ?1 AND deleted_at IS NULL ORDER BY id")?
+            .query_map(params![project], |r| {
+                Ok(Webhook {
+                    id: r.get(0)?,
+                    url: r.get(1)?,
+                    description: r.get(2)?,
+                    secret: None,
+                    created_at: Time::from_micros(r.get(3)?),
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes a webhook; its pending deliveries are dropped with it.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn remove_webhook(
+        conn: &Connection,
+        project: ProjectId,
+        id: i64,
+    ) -> Result<bool, StoreError> {
+        let now = Time::now().as_micros();
+        let n = conn.execute(
+            "UPDATE webhooks SET deleted_at = ?1 WHERE id = ?2 AND project_id = ?3 AND deleted_at IS NULL",
+            params![now, id, project],
+        )?;
+        if n == 1 {
+            conn.execute(
+                "UPDATE webhook_outbox SET failed_at = ?1, last_error = 'webhook deleted' WHERE webhook_id = ?2 AND delivered_at IS NULL AND failed_at IS NULL",
+                params![now, id],
+            )?;
+        }
+        Ok(n == 1)
+    }
+
+    /// The id of an existing project.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub fn project_id(conn: &Connection, name: &str) -> Result<Option<ProjectId>, StoreError> {
+        Ok(conn
+            .query_row(
+                "SELECT id FROM projects WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 }

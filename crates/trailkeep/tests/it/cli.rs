@@ -103,3 +103,34 @@ fn a_second_server_cannot_open_a_data_dir_in_use() {
         .expect("second open fails");
     assert!(err.to_string().contains("in use"), "{err}");
 }
+
+#[test]
+fn webhooks_are_managed_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, secret, err) = run_cli(&[
+        "webhooks",
+        "add",
+        "http://127.0.0.1:9/hook",
+        "--description",
+        "ops",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(secret.trim().starts_with("whsec_"), "{secret}");
+    let (code, list, _) = run_cli(&["webhooks", "list", "--data-dir", d]);
+    assert_eq!(code, 0);
+    assert!(
+        list.contains("http://127.0.0.1:9/hook") && !list.contains("whsec_"),
+        "{list}"
+    );
+    let (code, _, err) = run_cli(&["webhooks", "add", "ftp://x", "--data-dir", d]);
+    assert!(code != 0 && err.contains("http"), "{err}");
+    let (code, _, err) = run_cli(&["webhooks", "remove", "1", "--data-dir", d]);
+    assert_eq!(code, 0, "{err}");
+    let (code, list, _) = run_cli(&["webhooks", "list", "--data-dir", d]);
+    assert_eq!((code, list.trim()), (0, ""));
+    let (code, _, err) = run_cli(&["webhooks", "remove", "1", "--data-dir", d]);
+    assert!(code != 0 && err.contains("no webhook"), "{err}");
+}

@@ -9,5 +9,7 @@
 mod api;
 mod cli;
 mod crash;
+mod dialects;
 mod support;
 mod verifiable;
+mod webhooks;

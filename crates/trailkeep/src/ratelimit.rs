@@ -1,0 +1,93 @@
+//! Per-credential rate limiting with GCRA (one stored theoretical arrival
+//! time per credential). In memory and per process: a restart forgets it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::RateLimitConfig;
+
+/// Entries kept before expired ones are pruned.
+const PRUNE_AT: usize = 10_000;
+
+/// Who a request's quota belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// An API key, by id.
+    Key(i64),
+    /// The ta-vivo JWT secret (one shared credential).
+    Jwt,
+}
+
+/// A GCRA limiter; `None` inside when limiting is off.
+pub struct RateLimiter {
+    params: Option<(Duration, Duration)>,
+    tat: Mutex<HashMap<Credential, Instant>>,
+}
+
+impl RateLimiter {
+    /// A limiter per the config (off when `requests_per_second` is 0).
+    #[must_use]
+    pub fn new(config: &RateLimitConfig) -> Self {
+        let params = (config.requests_per_second > 0).then(|| {
+            let interval = Duration::from_secs(1) / config.requests_per_second;
+            let burst = if config.burst == 0 {
+                config.requests_per_second
+            } else {
+                config.burst
+            };
+            (interval, interval * burst)
+        });
+        Self {
+            params,
+            tat: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Admits one request, or returns the whole seconds to wait (at least 1).
+    ///
+    /// # Errors
+    /// The `Retry-After` seconds when over the limit.
+    pub fn check(&self, who: Credential) -> Result<(), u64> {
+        let Some((interval, tolerance)) = self.params else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut tat = self.tat.lock().expect("lock");
+        if tat.len() > PRUNE_AT {
+            tat.retain(|_, t| *t > now);
+        }
+        let current = tat.get(&who).copied().unwrap_or(now).max(now);
+        let next = current + interval;
+        if next > now + tolerance {
+            let wait = next - (now + tolerance);
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(secs.max(1));
+        }
+        tat.insert(who, next);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_the_burst_then_refuses_with_retry_after() {
+        let rl = RateLimiter::new(&RateLimitConfig {
+            requests_per_second: 2,
+            burst: 3,
+        });
+        for _ in 0..3 {
+            rl.check(Credential::Key(1)).unwrap();
+        }
+        let wait = rl.check(Credential::Key(1)).unwrap_err();
+        assert!(wait >= 1, "{wait}");
+        rl.check(Credential::Key(2)).unwrap();
+        let off = RateLimiter::new(&RateLimitConfig::default());
+        for _ in 0..10_000 {
+            off.check(Credential::Jwt).unwrap();
+        }
+    }
+}
