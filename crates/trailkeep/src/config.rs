@@ -25,6 +25,10 @@ pub struct Config {
     /// Name of this log: the signing key name and the prefix of every
     /// checkpoint origin. No spaces or `+`.
     pub log_name: String,
+    /// The log signing key as a Go-style signer key (`PRIVATE+KEY+…`); the
+    /// documented production choice for several nodes. Unset: generated on
+    /// first start (in the data dir, or in PostgreSQL's `settings`).
+    pub log_signing_key: Option<Secret>,
     /// Request and field limits.
     pub limits: Limits,
     /// Group-commit tuning.
@@ -37,6 +41,17 @@ pub struct Config {
     pub geoip: GeoIpConfig,
     /// Notification webhook delivery.
     pub webhooks: WebhooksConfig,
+}
+
+/// A secret string whose `Debug` never shows it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Per-credential rate limit (GCRA). Off by default: a self-hosted service
@@ -133,6 +148,7 @@ impl Default for Config {
             data_dir: PathBuf::from("trailkeep-data"),
             store: None,
             log_name: "trailkeep.local".into(),
+            log_signing_key: None,
             limits: Limits::default(),
             commit: CommitConfig::default(),
             rate_limit: RateLimitConfig::default(),
@@ -266,6 +282,10 @@ impl Config {
                 toml::Value::String(format!("0.0.0.0:{port}")),
             );
         }
+        if let Some(url) = get("DATABASE_URL")
+            && get("TRAILKEEP_STORE").is_none() {
+                table.insert("store".into(), toml::Value::String(url));
+            }
         if let Some(secret) = get("JWT_SECRET") {
             insert_path(
                 &mut table,
@@ -348,10 +368,11 @@ impl Config {
         }
         if let Some(url) = &self.store
             && !url.starts_with("sqlite://")
+            && !crate::store::postgres::is_postgres_url(url)
         {
             return Err(bad(
                 "store",
-                "only sqlite://PATH is supported by this build",
+                "expected sqlite://PATH or postgres://USER@HOST/DB",
             ));
         }
         let l = &self.limits;
@@ -371,6 +392,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The PostgreSQL URL, when the store is PostgreSQL.
+    #[must_use]
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.store
+            .as_deref()
+            .filter(|u| crate::store::postgres::is_postgres_url(u))
     }
 
     /// The SQLite database file this config points at.
@@ -400,6 +429,7 @@ const KNOWN_KEYS: &[&[&str]] = &[
     &["data_dir"],
     &["store"],
     &["log_name"],
+    &["log_signing_key"],
     &["limits", "max_body_bytes"],
     &["limits", "max_batch_events"],
     &["limits", "max_json_depth"],

@@ -16,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod export;
 pub mod fsck;
+pub mod import;
 pub mod ingest;
 pub mod keys;
 pub mod log;
@@ -33,6 +34,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::store::postgres::{PgStore, admin as pg_admin};
 use crate::store::sqlite::{SqliteStore, admin, open_admin};
 
 /// The project that owns the first API key.
@@ -45,66 +47,49 @@ pub struct Server {
     /// A key generated on this start, to be shown once; `None` when keys existed
     /// or one was given by `TRAILKEEP_API_KEY`.
     pub generated_key: Option<String>,
-    store: Arc<SqliteStore>,
-    _lock: std::fs::File,
+    backend: Backend,
+}
+
+/// The concrete store behind [`Server`], kept for an orderly close.
+enum Backend {
+    Sqlite {
+        store: Arc<SqliteStore>,
+        _lock: std::fs::File,
+    },
+    Postgres(Arc<PgStore>),
+}
+
+/// What opening a store yields before the shared state is built.
+struct Opened {
+    store: Arc<dyn store::EventStore>,
+    backend: Backend,
+    log: log::LogKey,
+    generated_key: Option<String>,
+    tavivo_project: Option<(i64, String)>,
 }
 
 impl Server {
-    /// Opens the data directory and store, and bootstraps the first API key.
+    /// Opens the store (SQLite in the data directory, or PostgreSQL), and
+    /// bootstraps the first API key and the log signing key.
     /// `bootstrap_key` (from `TRAILKEEP_API_KEY`) is stored for project
-    /// `default` if it is not stored yet.
+    /// `default` if it is not stored yet, idempotently across nodes.
     ///
     /// # Errors
     /// When the data directory is locked by another server, or the store or
     /// signing key cannot be opened.
-    pub fn open(config: Config, bootstrap_key: Option<&str>) -> anyhow::Result<Self> {
-        let data_dir = config.data_dir().to_owned();
-        std::fs::create_dir_all(&data_dir).with_context(|| {
-            format!(
-                "creating data directory {} (data_dir / TRAILKEEP_DATA_DIR)",
-                data_dir.display()
-            )
-        })?;
-        let lock_path = data_dir.join("trailkeep.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        lock.try_lock().map_err(|_| {
-            anyhow::anyhow!(
-                "{} is in use by another trailkeep server",
-                data_dir.display()
-            )
-        })?;
-        let db = config.sqlite_path();
-        let mut tavivo_project = None;
-        let generated_key = {
-            let conn = open_admin(&db).with_context(|| {
-                format!("opening store {} (store / TRAILKEEP_STORE)", db.display())
-            })?;
-            if config.dialects.tavivo.jwt_secret.is_some() {
-                let name = config.dialects.tavivo.project.clone();
-                tavivo_project = Some((admin::ensure_project(&conn, &name)?, name));
-            }
-            match bootstrap_key {
-                Some(key) => {
-                    admin::add_key(&conn, DEFAULT_PROJECT, key)?;
-                    None
-                }
-                None if admin::active_key_count(&conn)? == 0 => {
-                    Some(admin::create_key(&conn, DEFAULT_PROJECT)?.1)
-                }
-                None => None,
-            }
-        };
-        let log = log::LogKey::load_or_create(&config.signing_key_path(), &config.log_name)
-            .context("loading the log signing key")?;
+    pub async fn open(config: Config, bootstrap_key: Option<&str>) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::default());
-        let store = Arc::new(SqliteStore::open(&db, &config.commit, metrics.clone())?);
-        let mut state = api::AppState::new(store.clone(), Arc::new(config), metrics, Arc::new(log));
-        state.tavivo_project = tavivo_project;
+        let opened = match config.postgres_url() {
+            Some(url) => open_postgres(&config, url, bootstrap_key, metrics.clone()).await?,
+            None => open_sqlite(&config, bootstrap_key, metrics.clone())?,
+        };
+        let mut state = api::AppState::new(
+            opened.store,
+            Arc::new(config),
+            metrics,
+            Arc::new(opened.log),
+        );
+        state.tavivo_project = opened.tavivo_project;
         if let Some(paths) = &state.config.geoip.city_db {
             let paths: Vec<std::path::PathBuf> = paths
                 .split(',')
@@ -119,9 +104,8 @@ impl Server {
         }
         Ok(Self {
             state,
-            generated_key,
-            store,
-            _lock: lock,
+            generated_key: opened.generated_key,
+            backend: opened.backend,
         })
     }
 
@@ -151,8 +135,127 @@ impl Server {
         let _ = deliveries.await;
         served?;
         drop(self.state);
-        let store = self.store;
-        tokio::task::spawn_blocking(move || store.close()).await?;
+        match self.backend {
+            Backend::Sqlite { store, _lock } => {
+                tokio::task::spawn_blocking(move || store.close()).await?
+            }
+            Backend::Postgres(store) => store.close().await,
+        }
         Ok(())
     }
+}
+
+fn configured_key(config: &Config) -> anyhow::Result<Option<log::LogKey>> {
+    config
+        .log_signing_key
+        .as_ref()
+        .map(|k| {
+            log::LogKey::from_private_key(&k.0)
+                .context("log_signing_key / TRAILKEEP_LOG_SIGNING_KEY")
+        })
+        .transpose()
+}
+
+fn open_sqlite(
+    config: &Config,
+    bootstrap_key: Option<&str>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Opened> {
+    let data_dir = config.data_dir().to_owned();
+    std::fs::create_dir_all(&data_dir).with_context(|| {
+        format!(
+            "creating data directory {} (data_dir / TRAILKEEP_DATA_DIR)",
+            data_dir.display()
+        )
+    })?;
+    let lock_path = data_dir.join("trailkeep.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "{} is in use by another trailkeep server",
+            data_dir.display()
+        )
+    })?;
+    let db = config.sqlite_path();
+    let conn = open_admin(&db)
+        .with_context(|| format!("opening store {} (store / TRAILKEEP_STORE)", db.display()))?;
+    let tavivo_project = match &config.dialects.tavivo.jwt_secret {
+        Some(_) => {
+            let name = config.dialects.tavivo.project.clone();
+            Some((admin::ensure_project(&conn, &name)?, name))
+        }
+        None => None,
+    };
+    let generated_key = match bootstrap_key {
+        Some(key) => {
+            admin::add_key(&conn, DEFAULT_PROJECT, key)?;
+            None
+        }
+        None if admin::active_key_count(&conn)? == 0 => {
+            Some(admin::create_key(&conn, DEFAULT_PROJECT)?.1)
+        }
+        None => None,
+    };
+    drop(conn);
+    let log = match configured_key(config)? {
+        Some(k) => k,
+        None => log::LogKey::load_or_create(&config.signing_key_path(), &config.log_name)
+            .context("loading the log signing key")?,
+    };
+    let store = Arc::new(SqliteStore::open(&db, &config.commit, metrics)?);
+    Ok(Opened {
+        store: store.clone(),
+        backend: Backend::Sqlite { store, _lock: lock },
+        log,
+        generated_key,
+        tavivo_project,
+    })
+}
+
+async fn open_postgres(
+    config: &Config,
+    url: &str,
+    bootstrap_key: Option<&str>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Opened> {
+    let store = Arc::new(
+        PgStore::open(url, &config.commit, metrics)
+            .await
+            .context("opening the PostgreSQL store (store / TRAILKEEP_STORE / DATABASE_URL)")?,
+    );
+    let client = store
+        .pool()
+        .get()
+        .await
+        .context("connecting to PostgreSQL")?;
+    let generated_key = pg_admin::bootstrap(&client, DEFAULT_PROJECT, bootstrap_key).await?;
+    let tavivo_project = match &config.dialects.tavivo.jwt_secret {
+        Some(_) => {
+            let name = config.dialects.tavivo.project.clone();
+            Some((pg_admin::ensure_project(&client, &name).await?, name))
+        }
+        None => None,
+    };
+    let log = match configured_key(config)? {
+        Some(k) => k,
+        None => {
+            let candidate = log::LogKey::generate(&config.log_name)?.to_private_key();
+            let stored = pg_admin::signing_key(&client, || candidate).await?;
+            log::LogKey::from_private_key(&stored)
+                .context("the signing key stored in PostgreSQL")?
+        }
+    };
+    drop(client);
+    Ok(Opened {
+        store: store.clone(),
+        backend: Backend::Postgres(store),
+        log,
+        generated_key,
+        tavivo_project,
+    })
 }

@@ -35,6 +35,24 @@ impl LogKey {
         })
     }
 
+    /// A fresh random key named `name`.
+    ///
+    /// # Errors
+    /// When `name` is not a valid key name or there is no randomness.
+    pub fn generate(name: &str) -> anyhow::Result<Self> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        Ok(Self {
+            signer: NoteSigner::new(name, &seed)?,
+        })
+    }
+
+    /// The Go-style signer key; a secret, never to be logged.
+    #[must_use]
+    pub fn to_private_key(&self) -> String {
+        self.signer.to_private_key()
+    }
+
     /// Loads the key at `path`, or creates one named `name` there.
     ///
     /// # Errors
@@ -45,9 +63,7 @@ impl LogKey {
                 .with_context(|| format!("reading {}", path.display()))?;
             return Self::from_private_key(&text).with_context(|| format!("in {}", path.display()));
         }
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        let signer = NoteSigner::new(name, &seed)?;
+        let signer = Self::generate(name)?.signer;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }

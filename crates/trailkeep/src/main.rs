@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use trailkeep::config::{Config, Overrides};
+use trailkeep::store::postgres::admin as pg;
 use trailkeep::store::sqlite::{admin, open_admin};
 
 #[derive(Parser)]
@@ -56,6 +57,21 @@ enum Command {
         command: WebhooksCommand,
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Apply schema migrations (the server also applies them at start).
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Copy an embedded store into PostgreSQL with every event, tree hash,
+    /// key and webhook intact.
+    Import {
+        /// Source, sqlite://PATH.
+        #[arg(long)]
+        from: String,
+        /// Destination, postgres://USER@HOST/DB (empty of events).
+        #[arg(long)]
+        to: String,
     },
     /// The log signing key.
     Key {
@@ -202,11 +218,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { listen, store } => serve(&load_config(&store, listen)?),
         Command::Keys { command, store } => {
-            let config = load_config(&store, None)?;
-            let conn = open_admin(&config.sqlite_path())?;
+            let admin = Admin::open(&load_config(&store, None)?)?;
             match command {
                 KeysCommand::Create { project } => {
-                    let (id, key) = admin::create_key(&conn, &project)?;
+                    let (id, key) = admin.create_key(&project)?;
                     eprintln!("created key {id} for project {project}; it is shown only now:");
                     println!("{key}");
                 }
@@ -215,7 +230,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                         "{:>6}  {:<20} {:<12} {:<28} revoked",
                         "id", "project", "prefix", "created"
                     );
-                    for k in admin::list_keys(&conn, project.as_deref())? {
+                    for k in admin.list_keys(project.as_deref())? {
                         let revoked = k
                             .revoked_at
                             .map_or_else(|| "-".to_owned(), |t| t.to_string());
@@ -229,7 +244,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     }
                 }
                 KeysCommand::Revoke { id } => {
-                    if !admin::revoke_key(&conn, id)? {
+                    if !admin.revoke_key(id)? {
                         anyhow::bail!("no active key with id {id}");
                     }
                     eprintln!("revoked key {id}");
@@ -238,8 +253,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Webhooks { command, store } => {
-            let config = load_config(&store, None)?;
-            let conn = open_admin(&config.sqlite_path())?;
+            let admin = Admin::open(&load_config(&store, None)?)?;
             match command {
                 WebhooksCommand::Add {
                     project,
@@ -249,8 +263,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
                         anyhow::bail!("the URL must start with http:// or https://");
                     }
-                    let id = admin::ensure_project(&conn, &project)?;
-                    let hook = admin::add_webhook(&conn, id, &url, description.as_deref())?;
+                    let hook = admin.add_webhook(&project, &url, description.as_deref())?;
                     eprintln!(
                         "added webhook {} for project {project}; its signing secret is shown only now:",
                         hook.id
@@ -258,9 +271,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     println!("{}", hook.secret.unwrap_or_default());
                 }
                 WebhooksCommand::List { project } => {
-                    let id = admin::project_id(&conn, &project)?
-                        .with_context(|| format!("no project {project}"))?;
-                    for h in admin::list_webhooks(&conn, id)? {
+                    for h in admin.list_webhooks(&project)? {
                         println!(
                             "{:>6}  {}  {}",
                             h.id,
@@ -270,9 +281,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     }
                 }
                 WebhooksCommand::Remove { project, id } => {
-                    let pid = admin::project_id(&conn, &project)?
-                        .with_context(|| format!("no project {project}"))?;
-                    if !admin::remove_webhook(&conn, pid, id)? {
+                    if !admin.remove_webhook(&project, id)? {
                         anyhow::bail!("no webhook {id} in project {project}");
                     }
                     eprintln!("removed webhook {id}");
@@ -280,20 +289,32 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Migrate { store } => {
+            let config = load_config(&store, None)?;
+            let version: i64 = match config.postgres_url() {
+                Some(url) => runtime()?.block_on(async {
+                    let pool = trailkeep::store::postgres::pool(url)?;
+                    trailkeep::store::postgres::migrate(&pool).await
+                })?,
+                None => {
+                    let conn = open_admin(&config.sqlite_path())?;
+                    conn.query_row("PRAGMA user_version", [], |r| r.get(0))?
+                }
+            };
+            eprintln!("schema is at version {version}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { from, to } => {
+            let summary = runtime()?.block_on(trailkeep::import::sqlite_to_postgres(&from, &to))?;
+            eprintln!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Key {
             command: KeyCommand::Public,
             store,
         } => {
             let config = load_config(&store, None)?;
-            let path = config.signing_key_path();
-            if !path.exists() {
-                anyhow::bail!(
-                    "no signing key at {}; start the server once to create it",
-                    path.display()
-                );
-            }
-            let key = trailkeep::log::LogKey::load_or_create(&path, &config.log_name)?;
-            println!("{}", key.verifier());
+            println!("{}", log_key(&config)?.verifier());
             Ok(ExitCode::SUCCESS)
         }
         Command::Export {
@@ -351,7 +372,7 @@ fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {} (listen / TRAILKEEP_LISTEN)", config.listen))?;
-        let server = trailkeep::Server::open(config.clone(), bootstrap.as_deref())?;
+        let server = trailkeep::Server::open(config.clone(), bootstrap.as_deref()).await?;
         if let Some(key) = &server.generated_key {
             let mut err = std::io::stderr().lock();
             writeln!(err, "\n================ trailkeep: first start ================")?;
@@ -405,6 +426,124 @@ fn healthcheck(url: &str) -> bool {
     buf.starts_with(b"HTTP/1.1 200")
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The log signing key the server would use with this config.
+fn log_key(config: &Config) -> anyhow::Result<trailkeep::log::LogKey> {
+    if let Some(k) = &config.log_signing_key {
+        return trailkeep::log::LogKey::from_private_key(&k.0);
+    }
+    match config.postgres_url() {
+        Some(url) => {
+            let stored = runtime()?.block_on(async {
+                let pool = trailkeep::store::postgres::pool(url)?;
+                let client = pool.get().await.context("connecting to PostgreSQL")?;
+                anyhow::Ok(pg::stored_signing_key(&client).await?)
+            })?;
+            let stored = stored
+                .context("no signing key in the database; start a server once to create it")?;
+            trailkeep::log::LogKey::from_private_key(&stored)
+        }
+        None => {
+            let path = config.signing_key_path();
+            if !path.exists() {
+                anyhow::bail!(
+                    "no signing key at {}; start the server once to create it",
+                    path.display()
+                );
+            }
+            trailkeep::log::LogKey::load_or_create(&path, &config.log_name)
+        }
+    }
+}
+
+/// Offline administration over either store.
+enum Admin {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio::runtime::Runtime, deadpool_postgres::Object),
+}
+
+impl Admin {
+    fn open(config: &Config) -> anyhow::Result<Self> {
+        match config.postgres_url() {
+            Some(url) => {
+                let rt = runtime()?;
+                let client = rt.block_on(async {
+                    let pool = trailkeep::store::postgres::pool(url)?;
+                    trailkeep::store::postgres::migrate(&pool).await?;
+                    pool.get().await.context("connecting to PostgreSQL")
+                })?;
+                Ok(Self::Postgres(rt, client))
+            }
+            None => Ok(Self::Sqlite(open_admin(&config.sqlite_path())?)),
+        }
+    }
+
+    fn create_key(&self, project: &str) -> anyhow::Result<(i64, String)> {
+        Ok(match self {
+            Self::Sqlite(c) => admin::create_key(c, project)?,
+            Self::Postgres(rt, c) => rt.block_on(pg::create_key(c, project))?,
+        })
+    }
+
+    fn list_keys(&self, project: Option<&str>) -> anyhow::Result<Vec<admin::KeyInfo>> {
+        Ok(match self {
+            Self::Sqlite(c) => admin::list_keys(c, project)?,
+            Self::Postgres(rt, c) => rt.block_on(pg::list_keys(c, project))?,
+        })
+    }
+
+    fn revoke_key(&self, id: i64) -> anyhow::Result<bool> {
+        Ok(match self {
+            Self::Sqlite(c) => admin::revoke_key(c, id)?,
+            Self::Postgres(rt, c) => rt.block_on(pg::revoke_key(c, id))?,
+        })
+    }
+
+    fn project_id(&self, project: &str, create: bool) -> anyhow::Result<i64> {
+        let id = match (self, create) {
+            (Self::Sqlite(c), true) => Some(admin::ensure_project(c, project)?),
+            (Self::Sqlite(c), false) => admin::project_id(c, project)?,
+            (Self::Postgres(rt, c), true) => Some(rt.block_on(pg::ensure_project(c, project))?),
+            (Self::Postgres(rt, c), false) => rt.block_on(pg::project_id(c, project))?,
+        };
+        id.with_context(|| format!("no project {project}"))
+    }
+
+    fn add_webhook(
+        &self,
+        project: &str,
+        url: &str,
+        description: Option<&str>,
+    ) -> anyhow::Result<trailkeep::store::Webhook> {
+        let id = self.project_id(project, true)?;
+        Ok(match self {
+            Self::Sqlite(c) => admin::add_webhook(c, id, url, description)?,
+            Self::Postgres(rt, c) => rt.block_on(pg::add_webhook(c, id, url, description))?,
+        })
+    }
+
+    fn list_webhooks(&self, project: &str) -> anyhow::Result<Vec<trailkeep::store::Webhook>> {
+        let id = self.project_id(project, false)?;
+        Ok(match self {
+            Self::Sqlite(c) => admin::list_webhooks(c, id)?,
+            Self::Postgres(rt, c) => rt.block_on(pg::list_webhooks(c, id))?,
+        })
+    }
+
+    fn remove_webhook(&self, project: &str, hook: i64) -> anyhow::Result<bool> {
+        let id = self.project_id(project, false)?;
+        Ok(match self {
+            Self::Sqlite(c) => admin::remove_webhook(c, id, hook)?,
+            Self::Postgres(rt, c) => rt.block_on(pg::remove_webhook(c, id, hook))?,
+        })
+    }
+}
+
 fn export(
     config: &Config,
     project: &str,
@@ -412,38 +551,46 @@ fn export(
     output: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use futures_util::StreamExt as _;
-    let key_path = config.signing_key_path();
-    if !key_path.exists() {
-        anyhow::bail!("no signing key at {}", key_path.display());
-    }
-    let log = trailkeep::log::LogKey::load_or_create(&key_path, &config.log_name)?;
-    let db = config.sqlite_path();
-    let conn = open_admin(&db)?;
-    let project_id: i64 = conn
-        .query_row("SELECT id FROM projects WHERE name = ?1", [project], |r| {
-            r.get(0)
-        })
-        .with_context(|| format!("no project {project}"))?;
-    drop(conn);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let metrics = std::sync::Arc::new(trailkeep::metrics::Metrics::default());
-        let store = std::sync::Arc::new(trailkeep::store::sqlite::SqliteStore::open(
-            &db,
-            &config.commit,
-            metrics,
-        )?);
-        use trailkeep::store::EventStore as _;
+    use trailkeep::store::EventStore;
+    let log = log_key(config)?;
+    runtime()?.block_on(async {
+        let (store, project_id): (std::sync::Arc<dyn EventStore>, i64) = match config.postgres_url()
+        {
+            Some(url) => {
+                let pool = trailkeep::store::postgres::pool(url)?;
+                let client = pool.get().await.context("connecting to PostgreSQL")?;
+                let id = pg::project_id(&client, project)
+                    .await?
+                    .with_context(|| format!("no project {project}"))?;
+                drop(client);
+                let metrics = std::sync::Arc::new(trailkeep::metrics::Metrics::default());
+                (
+                    std::sync::Arc::new(
+                        trailkeep::store::postgres::PgStore::open(url, &config.commit, metrics)
+                            .await?,
+                    ),
+                    id,
+                )
+            }
+            None => {
+                let db = config.sqlite_path();
+                let id = admin::project_id(&open_admin(&db)?, project)?
+                    .with_context(|| format!("no project {project}"))?;
+                (
+                    std::sync::Arc::new(trailkeep::store::sqlite::SqliteStore::open_read_only(
+                        &db,
+                    )?),
+                    id,
+                )
+            }
+        };
         let head = store
             .tree_head(project_id, tenant.to_owned())
             .await?
             .with_context(|| format!("no tenant {tenant} in project {project}"))?;
         let note = log.sign(log.origin(project, tenant), head.size, head.root);
-        let dyn_store: std::sync::Arc<dyn trailkeep::store::EventStore> = store.clone();
         let mut stream = std::pin::pin!(trailkeep::export::stream(
-            dyn_store,
+            store.clone(),
             head.tenant_id,
             head.size,
             note,
@@ -457,8 +604,6 @@ fn export(
             out.write_all(&chunk?)?;
         }
         out.flush()?;
-        drop(out);
-        store.close();
         anyhow::Ok(())
     })
 }

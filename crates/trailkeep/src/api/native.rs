@@ -238,7 +238,7 @@ pub async fn append(
     project: i64,
     events: Vec<Event>,
     idempotency: Option<Idempotency>,
-    render: impl Fn(&[Receipt]) -> StoredResponse + Send + Clone + 'static,
+    render: impl Fn(&[Receipt]) -> StoredResponse + Send + Sync + Clone + 'static,
 ) -> Result<StoredResponse, AppendError> {
     let job = AppendJob {
         project,

@@ -5,6 +5,7 @@
 //! holding the events *and* their Merkle tree nodes has committed with a
 //! durable sync. Per-tenant indexes are contiguous from 0.
 
+pub mod postgres;
 pub mod sqlite;
 
 mod schema;
@@ -49,7 +50,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 
 /// Renders the response of an idempotent request from its receipts, so the
 /// response can be stored in the same transaction as the events.
-pub type RenderResponse = Box<dyn FnOnce(&[Receipt]) -> StoredResponse + Send>;
+pub type RenderResponse = Box<dyn FnOnce(&[Receipt]) -> StoredResponse + Send + Sync>;
 
 /// A response kept for idempotent replay.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -228,8 +228,7 @@ async fn cursor_pages_are_stable_while_events_arrive() {
 #[tokio::test]
 async fn a_key_never_sees_another_projects_events() {
     let s = TestServer::start().await;
-    let conn = trailkeep::store::sqlite::open_admin(&s.db_path()).unwrap();
-    let (_, other) = trailkeep::store::sqlite::admin::create_key(&conn, "other").unwrap();
+    let other = s.create_key("other").await;
     let (_, mine) = s
         .post(
             "/v1/events",
@@ -272,8 +271,7 @@ async fn a_key_never_sees_another_projects_events() {
         .await;
     assert_eq!(status, 404);
     // A revoked key stops working (after the short auth cache).
-    let id = trailkeep::store::sqlite::admin::list_keys(&conn, Some("other")).unwrap()[0].id;
-    assert!(trailkeep::store::sqlite::admin::revoke_key(&conn, id).unwrap());
+    s.revoke_keys("other").await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let (status, err) = s.get("/v1/events", &other).await;
     assert_eq!(status, 401);

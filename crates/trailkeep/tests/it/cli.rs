@@ -90,15 +90,18 @@ async fn verify_proof_checks_a_saved_inclusion_proof() {
     assert!(code != 0 && out.starts_with("FAILED"), "{out}");
 }
 
-#[test]
-fn a_second_server_cannot_open_a_data_dir_in_use() {
+#[tokio::test]
+async fn a_second_server_cannot_open_a_data_dir_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let config = trailkeep::config::Config {
         data_dir: dir.path().to_owned(),
         ..Default::default()
     };
-    let _first = trailkeep::Server::open(config.clone(), Some(KEY)).unwrap();
+    let _first = trailkeep::Server::open(config.clone(), Some(KEY))
+        .await
+        .unwrap();
     let err = trailkeep::Server::open(config, Some(KEY))
+        .await
         .err()
         .expect("second open fails");
     assert!(err.to_string().contains("in use"), "{err}");

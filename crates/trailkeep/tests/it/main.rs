@@ -10,6 +10,8 @@ mod api;
 mod cli;
 mod crash;
 mod dialects;
+mod postgres;
+mod store;
 mod support;
 mod verifiable;
 mod webhooks;

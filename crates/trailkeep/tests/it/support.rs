@@ -30,12 +30,33 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, tune: impl FnOnce(&mut Config)) -> Self {
+        // Server logs (5xx causes included) show up in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn")
+            .try_init();
         let mut config = Config {
             data_dir: dir.path().to_owned(),
             ..Config::default()
         };
+        // With TRAILKEEP_TEST_STORE=postgres the same tests run on PostgreSQL,
+        // each server in a schema of its own (kept across a restart).
+        if std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres") {
+            let marker = dir.path().join("pg-url");
+            let url = match std::fs::read_to_string(&marker) {
+                Ok(url) => url,
+                Err(_) => {
+                    let url = fresh_schema()
+                        .await
+                        .expect("TRAILKEEP_TEST_STORE=postgres needs a reachable PostgreSQL");
+                    std::fs::write(&marker, &url).unwrap();
+                    url
+                }
+            };
+            config.store = Some(url);
+        }
         tune(&mut config);
-        let server = trailkeep::Server::open(config, Some(KEY)).unwrap();
+        let server = trailkeep::Server::open(config, Some(KEY)).await.unwrap();
         let verifier = server.state.log.verifier();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -75,6 +96,55 @@ impl TestServer {
                 .expect("server stops")
                 .unwrap();
         }
+    }
+
+    /// Creates an API key for `project` in whichever store the server uses.
+    pub async fn create_key(&self, project: &str) -> String {
+        match self.pg_url() {
+            Some(url) => {
+                let pool = trailkeep::store::postgres::pool(&url).unwrap();
+                let c = pool.get().await.unwrap();
+                trailkeep::store::postgres::admin::create_key(&c, project)
+                    .await
+                    .unwrap()
+                    .1
+            }
+            None => {
+                let conn = trailkeep::store::sqlite::open_admin(&self.db_path()).unwrap();
+                trailkeep::store::sqlite::admin::create_key(&conn, project)
+                    .unwrap()
+                    .1
+            }
+        }
+    }
+
+    /// Revokes every key of `project`.
+    pub async fn revoke_keys(&self, project: &str) {
+        match self.pg_url() {
+            Some(url) => {
+                let pool = trailkeep::store::postgres::pool(&url).unwrap();
+                let c = pool.get().await.unwrap();
+                for k in trailkeep::store::postgres::admin::list_keys(&c, Some(project))
+                    .await
+                    .unwrap()
+                {
+                    trailkeep::store::postgres::admin::revoke_key(&c, k.id)
+                        .await
+                        .unwrap();
+                }
+            }
+            None => {
+                let conn = trailkeep::store::sqlite::open_admin(&self.db_path()).unwrap();
+                for k in trailkeep::store::sqlite::admin::list_keys(&conn, Some(project)).unwrap() {
+                    trailkeep::store::sqlite::admin::revoke_key(&conn, k.id).unwrap();
+                }
+            }
+        }
+    }
+
+    /// The PostgreSQL URL of this server's schema, in PostgreSQL mode.
+    pub fn pg_url(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("pg-url")).ok()
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -189,4 +259,55 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The PostgreSQL the tests use: `TRAILKEEP_TEST_POSTGRES_URL`, by default
+/// the machine's `postgres://postgres@127.0.0.1:5432/test`.
+pub fn postgres_url() -> String {
+    std::env::var("TRAILKEEP_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A URL for a new, empty schema of the test database, or `None` (with the
+/// reason printed) when PostgreSQL is unreachable outside CI.
+///
+/// # Panics
+/// When PostgreSQL is unreachable and `CI` is set: a test that needs the
+/// database must fail loudly there, never skip.
+pub async fn fresh_schema() -> Option<String> {
+    let base = postgres_url();
+    let connected = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_postgres::connect(&base, tokio_postgres::NoTls),
+    )
+    .await;
+    let (client, conn) = match connected {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return unreachable(&base, &e.to_string()),
+        Err(_) => return unreachable(&base, "timed out"),
+    };
+    tokio::spawn(conn);
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).unwrap();
+    let schema = format!(
+        "tk_test_{}",
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}
+
+fn unreachable(url: &str, why: &str) -> Option<String> {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set but PostgreSQL at {url} is unreachable: {why}"
+    );
+    eprintln!(
+        "skipping: PostgreSQL at {url} is unreachable ({why}); set CI=1 to make this a failure"
+    );
+    None
 }

@@ -1,0 +1,428 @@
+//! PostgreSQL deployments: import from SQLite, several nodes on one
+//! database, and a database connection cut mid-load. Traffic stays on
+//! 127.0.0.1; every loop is bounded in count and time.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tlog::Checkpoint;
+
+use crate::support::{KEY, TestServer, bin, fresh_schema, run_cli};
+
+fn hashes(v: &Value) -> Vec<tlog::Hash> {
+    use base64::Engine as _;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            base64::engine::general_purpose::STANDARD
+                .decode(h.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_moves_an_embedded_store_with_its_proofs_intact() {
+    let Some(url) = fresh_schema().await else {
+        return;
+    };
+    let s = TestServer::start_with(|c| c.store = None).await;
+    for i in 0..30 {
+        let tenant = if i % 2 == 0 { "even" } else { "odd" };
+        let (st, _) = s.post("/v1/events", KEY, &json!({"tenant": tenant, "action": format!("a{i}"), "actor": {"id": "u"}, "tags": ["x"]})).await;
+        assert_eq!(st, 201);
+    }
+    let (_, old_note) = s.get_text("/v1/tenants/even/checkpoint", KEY).await;
+    let old_verifier = s.verifier.clone();
+    let dir = s.stop().await;
+    let db = dir.path().join("trailkeep.db");
+    let (code, _, err) = run_cli(&[
+        "import",
+        "--from",
+        &format!("sqlite://{}", db.display()),
+        "--to",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("30 events"), "{err}");
+    let (code, _, err) = run_cli(&[
+        "import",
+        "--from",
+        &format!("sqlite://{}", db.display()),
+        "--to",
+        &url,
+    ]);
+    assert!(
+        code != 0 && err.contains("fresh database"),
+        "a second import is refused: {err}"
+    );
+    let (code, vkey, _) = run_cli(&["key", "public", "--store", &url]);
+    assert_eq!(
+        (code, vkey.trim()),
+        (0, old_verifier.to_string().as_str()),
+        "the signing key moved"
+    );
+
+    let pg = TestServer::start_with(|c| c.store = Some(url.clone())).await;
+    assert_eq!(pg.list_all("", KEY).await.len(), 30);
+    assert_eq!(pg.list_all("tag=x&tenant=odd", KEY).await.len(), 15);
+    let old = Checkpoint::open(&old_note, &old_verifier).unwrap();
+    let (_, r) = pg
+        .post(
+            "/v1/events",
+            KEY,
+            &json!({"tenant": "even", "action": "after", "actor": {"id": "u"}}),
+        )
+        .await;
+    assert_eq!(r["index"], 15, "indexes continue where SQLite stopped");
+    let (_, bundle) = pg.get_text("/v1/tenants/even/export", KEY).await;
+    let v = trailkeep::export::verify_bundle(bundle.as_bytes(), &old_verifier, Some(&old)).unwrap();
+    assert_eq!(v.events, 16);
+    let (_, c) = pg.get("/v1/tenants/even/consistency?from=15", KEY).await;
+    tlog::verify_consistency(15, 16, &hashes(&c["hashes"]), &old.root, &v.checkpoint.root).unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_node(url: &str) -> Node {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let child = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            url,
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ])
+        .env("TRAILKEEP_API_KEY", KEY)
+        .env("TRAILKEEP_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Node {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{}/readyz", node.base)).send().await
+            && r.status() == 200 {
+                return node;
+            }
+        assert!(Instant::now() < deadline, "node did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn get_json(c: &reqwest::Client, url: String) -> Value {
+    c.get(url)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn get_text(c: &reqwest::Client, url: String) -> String {
+    c.get(url)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_one_log_without_forking() {
+    let Some(url) = fresh_schema().await else {
+        return;
+    };
+    // Nodes start at once: migrations and the key bootstrap must not race.
+    let (a, b, c) = tokio::join!(start_node(&url), start_node(&url), start_node(&url));
+    let nodes = [a, b, c];
+    let (code, vkey, err) = run_cli(&["key", "public", "--store", &url]);
+    assert_eq!(code, 0, "{err}");
+    let verifier = tlog::NoteVerifier::parse(vkey.trim()).unwrap();
+    let client = reqwest::Client::new();
+    let acked: Arc<Mutex<Vec<(String, String, u64)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for w in 0..6 {
+            let (client, base, acked) = (client.clone(), node.base.clone(), acked.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..40 {
+                    let tenant = format!("t{}", (n + w + i) % 3);
+                    let body = json!({"tenant": tenant, "action": format!("n{n}w{w}i{i}"), "actor": {"id": "u"}});
+                    let res = client.post(format!("{base}/v1/events")).bearer_auth(KEY).json(&body).send().await.unwrap();
+                    assert_eq!(res.status(), 201);
+                    let r: Value = res.json().await.unwrap();
+                    acked.lock().unwrap().push((r["id"].as_str().unwrap().into(), tenant, r["index"].as_u64().unwrap()));
+                }
+            }));
+        }
+    }
+    // A checkpoint from node 0 while the load runs.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mid_note = get_text(
+        &client,
+        format!("{}/v1/tenants/t0/checkpoint", nodes[0].base),
+    )
+    .await;
+    let mid = Checkpoint::open(&mid_note, &verifier).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 3 * 6 * 40);
+    let mut stored: HashMap<String, (String, u64)> = HashMap::new();
+    for t in 0..3 {
+        let tenant = format!("t{t}");
+        // The checkpoint of one node verifies the events exported by another.
+        let note = get_text(
+            &client,
+            format!("{}/v1/tenants/{tenant}/checkpoint", nodes[t % 3].base),
+        )
+        .await;
+        let cp = Checkpoint::open(&note, &verifier).unwrap();
+        let bundle = get_text(
+            &client,
+            format!("{}/v1/tenants/{tenant}/export", nodes[(t + 1) % 3].base),
+        )
+        .await;
+        let v = trailkeep::export::verify_bundle(
+            bundle.as_bytes(),
+            &verifier,
+            (t == 0).then_some(&mid),
+        )
+        .unwrap();
+        assert_eq!(v.checkpoint.root, cp.root);
+        let mut ids = HashSet::new();
+        for line in bundle.lines().take(v.events as usize) {
+            let l: Value = serde_json::from_str(line).unwrap();
+            let id = l["event"]["id"].as_str().unwrap().to_owned();
+            assert!(ids.insert(id.clone()), "stored twice: {id}");
+            stored.insert(id, (tenant.clone(), l["index"].as_u64().unwrap()));
+        }
+    }
+    assert_eq!(
+        stored.len(),
+        acked.len(),
+        "every 201 is stored exactly once"
+    );
+    for (id, tenant, index) in &acked {
+        assert_eq!(stored.get(id), Some(&(tenant.clone(), *index)));
+    }
+    // Consistency between checkpoints taken from different nodes.
+    let end = Checkpoint::open(
+        &get_text(
+            &client,
+            format!("{}/v1/tenants/t0/checkpoint", nodes[1].base),
+        )
+        .await,
+        &verifier,
+    )
+    .unwrap();
+    let proof = get_json(
+        &client,
+        format!(
+            "{}/v1/tenants/t0/consistency?from={}&to={}",
+            nodes[2].base, mid.size, end.size
+        ),
+    )
+    .await;
+    tlog::verify_consistency(
+        mid.size,
+        end.size,
+        &hashes(&proof["hashes"]),
+        &mid.root,
+        &end.root,
+    )
+    .unwrap();
+}
+
+/// A TCP proxy to PostgreSQL that can cut every connection and refuse new
+/// ones until restored.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (upstream, c2, conns2) = (upstream.to_owned(), cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { port, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_mid_load_loses_nothing_acknowledged() {
+    let Some(url) = fresh_schema().await else {
+        return;
+    };
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let base = crate::support::postgres_url();
+    let via_proxy = url.replacen(
+        &base["postgres://".len()..]
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned(),
+        &format!("postgres@127.0.0.1:{}", proxy.port),
+        1,
+    );
+    assert!(via_proxy.contains(&proxy.port.to_string()), "{via_proxy}");
+    let s = Arc::new(TestServer::start_with(|c| c.store = Some(via_proxy.clone())).await);
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let refused = Arc::new(Mutex::new(Vec::<(u16, Option<String>)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (s, acked, refused, stop) = (s.clone(), acked.clone(), refused.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline && i < 2000 {
+                i += 1;
+                let res = s.client.post(format!("{}/v1/events", s.base)).bearer_auth(KEY)
+                    .json(&json!({"tenant": "f", "action": format!("w{w}i{i}"), "actor": {"id": "u"}}))
+                    .send().await.unwrap();
+                let status = res.status().as_u16();
+                let retry = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                let body: Value = res.json().await.unwrap();
+                if status == 201 {
+                    acked.lock().unwrap().push((body["id"].as_str().unwrap().to_owned(), body["index"].as_u64().unwrap()));
+                } else {
+                    refused.lock().unwrap().push((status, retry));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    proxy.cut();
+    // While the database is unreachable the node is not ready.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (st, _) = s.get_text("/readyz", "").await;
+        if st == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed ready without a database"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, _) = s.get_text("/readyz", "").await;
+        if st == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not recover by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let refused = refused.lock().unwrap().clone();
+    assert!(
+        !refused.is_empty(),
+        "the outage refused nothing: the test did not cut anything"
+    );
+    for (status, retry) in &refused {
+        assert_eq!(
+            (*status, retry.is_some()),
+            (503, true),
+            "outage answers are 503 with Retry-After"
+        );
+    }
+    let acked = acked.lock().unwrap().clone();
+    let (_, bundle) = s.get_text("/v1/tenants/f/export", KEY).await;
+    let v = trailkeep::export::verify_bundle(bundle.as_bytes(), &s.verifier, None).unwrap();
+    let stored: HashMap<String, u64> = bundle
+        .lines()
+        .take(v.events as usize)
+        .map(|l| {
+            let l: Value = serde_json::from_str(l).unwrap();
+            (
+                l["event"]["id"].as_str().unwrap().to_owned(),
+                l["index"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (id, index) in &acked {
+        assert_eq!(stored.get(id), Some(index), "acknowledged event {id} lost");
+    }
+}

@@ -1,0 +1,407 @@
+//! One storage conformance suite, run against SQLite and PostgreSQL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tlog::{Hash, NodeId};
+use trailkeep::config::CommitConfig;
+use trailkeep::metrics::Metrics;
+use trailkeep::model::{Actor, ActorType, Event, LEAF_VERSION, Target, Time};
+use trailkeep::store::{
+    AppendJob, AppendOutcome, DeliveryResult, EventQuery, EventStore, Idempotency, StoredResponse,
+};
+
+use crate::support::fresh_schema;
+
+fn event(tenant: &str, action: &str, actor: &str) -> Event {
+    let now = Time::now();
+    Event {
+        v: LEAF_VERSION,
+        id: trailkeep::ingest::validate::new_event_id(now),
+        tenant: tenant.into(),
+        index: 0,
+        received_at: now,
+        occurred_at: now,
+        action: action.into(),
+        actor: Actor {
+            id: actor.into(),
+            kind: ActorType::User,
+            name: None,
+            email: None,
+            extra: serde_json::Map::new(),
+        },
+        targets: vec![Target {
+            id: format!("doc-{action}"),
+            kind: None,
+            name: None,
+        }],
+        result: None,
+        description: Some(format!("did {action} quickly")),
+        tags: vec!["t1".into()],
+        context: Default::default(),
+        metadata: serde_json::Map::new(),
+        source: None,
+    }
+}
+
+fn job(project: i64, events: Vec<Event>) -> AppendJob {
+    AppendJob {
+        project,
+        events,
+        idempotency: None,
+        notify: false,
+    }
+}
+
+async fn committed(store: &dyn EventStore, j: AppendJob) -> Vec<trailkeep::store::Receipt> {
+    match store.append(j).await.unwrap() {
+        AppendOutcome::Committed(r) => r,
+        other => panic!("expected a commit, got {other:?}"),
+    }
+}
+
+/// Reads the nodes a tlog computation needs through the store, then runs it.
+async fn with_nodes<T>(
+    store: &dyn EventStore,
+    tenant_id: i64,
+    f: impl Fn(&dyn tlog::HashReader) -> Result<T, tlog::TlogError>,
+) -> T {
+    struct Rec(std::sync::Mutex<Vec<NodeId>>);
+    impl tlog::HashReader for Rec {
+        fn read_hashes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, tlog::TlogError> {
+            self.0.lock().unwrap().extend_from_slice(ids);
+            Ok(vec![[0; 32]; ids.len()])
+        }
+    }
+    let rec = Rec(Default::default());
+    let _ = f(&rec);
+    let ids = rec.0.into_inner().unwrap();
+    let hashes = store.read_nodes(tenant_id, ids.clone()).await.unwrap();
+    let map: HashMap<NodeId, Hash> = ids.into_iter().zip(hashes).collect();
+    f(&map).unwrap()
+}
+
+/// The contract every store keeps. `projects` are two project ids and the
+/// SHA-256 of a key of the first.
+async fn check_store(store: Arc<dyn EventStore>, p1: i64, p2: i64, key_hash: [u8; 32]) {
+    let s = store.as_ref();
+    // Contiguous indexes per tenant, across jobs and inside one job.
+    let r1 = committed(
+        s,
+        job(
+            p1,
+            vec![
+                event("a", "x1", "ann"),
+                event("b", "x2", "bob"),
+                event("a", "x3", "ann"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        r1.iter()
+            .map(|r| (r.tenant.as_str(), r.index))
+            .collect::<Vec<_>>(),
+        [("a", 0), ("b", 0), ("a", 1)]
+    );
+    let r2 = committed(s, job(p1, vec![event("a", "x4", "cat")])).await;
+    assert_eq!(r2[0].index, 2);
+    let other = committed(s, job(p2, vec![event("a", "y1", "dan")])).await;
+    assert_eq!(other[0].index, 0, "tenants are per project");
+
+    // Concurrent appends into one tenant stay contiguous.
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            committed(
+                store.as_ref(),
+                job(p1, vec![event("hot", &format!("h{i}"), "x")]),
+            )
+            .await[0]
+                .index
+        }));
+    }
+    let mut got: Vec<u64> = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..24).collect::<Vec<_>>());
+
+    // Idempotency: same key and hash replays, a different hash conflicts.
+    let idem = |hash: u8| Idempotency {
+        key: "k1".into(),
+        request_hash: [hash; 32],
+    };
+    let render: trailkeep::store::RenderResponse =
+        Box::new(|r: &[trailkeep::store::Receipt]| StoredResponse {
+            status: 201,
+            body: format!("index {}", r[0].index).into_bytes(),
+        });
+    let first = s
+        .append(AppendJob {
+            project: p1,
+            events: vec![event("a", "once", "ann")],
+            idempotency: Some((idem(1), render)),
+            notify: false,
+        })
+        .await
+        .unwrap();
+    let AppendOutcome::Replayed(first) = first else {
+        panic!("an idempotent append answers with its stored response")
+    };
+    assert_eq!(first.body, b"index 3");
+    let again = s
+        .append(AppendJob {
+            project: p1,
+            events: vec![event("a", "once", "ann")],
+            idempotency: Some((idem(1), Box::new(|_: &[_]| unreachable!()))),
+            notify: false,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(again, AppendOutcome::Replayed(r) if r == first));
+    let conflict = s
+        .append(AppendJob {
+            project: p1,
+            events: vec![event("a", "twice", "ann")],
+            idempotency: Some((idem(2), Box::new(|_: &[_]| unreachable!()))),
+            notify: false,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(conflict, AppendOutcome::IdempotencyConflict));
+
+    // Queries: newest first, filters, project isolation, keyset paging.
+    tokio::time::sleep(Duration::from_millis(500)).await; // deferred full-text indexing
+    let actions = |page: &trailkeep::store::Page| -> Vec<String> {
+        page.events
+            .iter()
+            .map(|e| Event::from_leaf(&e.leaf).unwrap().action)
+            .collect()
+    };
+    let q = |f: fn(&mut EventQuery)| {
+        let mut q = EventQuery {
+            limit: 100,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    };
+    assert_eq!(
+        actions(
+            &s.query(p1, q(|q| q.tenant = Some("a".into())))
+                .await
+                .unwrap()
+        ),
+        ["once", "x4", "x3", "x1"]
+    );
+    assert_eq!(
+        actions(
+            &s.query(p1, q(|q| q.actor = Some("ann".into())))
+                .await
+                .unwrap()
+        ),
+        ["once", "x3", "x1"]
+    );
+    assert_eq!(
+        actions(
+            &s.query(p1, q(|q| q.target = Some("doc-x2".into())))
+                .await
+                .unwrap()
+        ),
+        ["x2"]
+    );
+    assert_eq!(
+        actions(
+            &s.query(p1, q(|q| q.action_prefix = Some("x".into())))
+                .await
+                .unwrap()
+        ),
+        ["x4", "x3", "x2", "x1"]
+    );
+    assert_eq!(
+        actions(
+            &s.query(
+                p1,
+                q(|q| q.text_terms = vec!["x3".into(), "quickly".into()])
+            )
+            .await
+            .unwrap()
+        ),
+        ["x3"]
+    );
+    assert_eq!(actions(&s.query(p2, q(|_| {})).await.unwrap()), ["y1"]);
+    let page = s
+        .query(
+            p1,
+            EventQuery {
+                tenant: Some("a".into()),
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(actions(&page), ["once", "x4"]);
+    let next = s
+        .query(
+            p1,
+            EventQuery {
+                tenant: Some("a".into()),
+                limit: 2,
+                before: page.next_before,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(actions(&next), ["x3", "x1"]);
+    assert!(next.next_before.is_none());
+    let by_index = s
+        .query(
+            p1,
+            EventQuery {
+                tenant: Some("a".into()),
+                before_index: Some(2),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(actions(&by_index), ["x3", "x1"]);
+
+    // Reads by id are scoped to the project.
+    assert!(s.get(p1, r1[0].id).await.unwrap().is_some());
+    assert!(s.get(p2, r1[0].id).await.unwrap().is_none());
+
+    // The tree: stored leaves hash to stored nodes, proofs verify.
+    let head = s.tree_head(p1, "a".into()).await.unwrap().unwrap();
+    assert_eq!(head.size, 4);
+    let rows = s.scan_tenant(head.tenant_id, 0, head.size).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.index).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    let mut frontier = tlog::Frontier::empty();
+    for r in &rows {
+        assert_eq!(tlog::leaf_hash(&r.leaf), r.leaf_hash);
+        frontier.append(r.leaf_hash);
+    }
+    assert_eq!(frontier.root(), head.root);
+    for r in &rows {
+        let proof = with_nodes(s, head.tenant_id, |rd| {
+            tlog::inclusion_proof(r.index, head.size, rd)
+        })
+        .await;
+        tlog::verify_inclusion(r.index, head.size, &r.leaf_hash, &proof, &head.root).unwrap();
+    }
+    let root2 = with_nodes(s, head.tenant_id, |rd| tlog::tree_hash(2, rd)).await;
+    let cons = with_nodes(s, head.tenant_id, |rd| tlog::consistency_proof(2, 4, rd)).await;
+    tlog::verify_consistency(2, 4, &cons, &root2, &head.root).unwrap();
+    assert!(s.tree_head(p1, "nobody".into()).await.unwrap().is_none());
+
+    // Keys.
+    let principal = s.authenticate(key_hash).await.unwrap().unwrap();
+    assert_eq!(principal.project, p1);
+    assert!(s.authenticate([7; 32]).await.unwrap().is_none());
+
+    // Webhooks and the outbox.
+    let hook = s
+        .create_webhook(p1, "http://127.0.0.1:9/h".into(), None)
+        .await
+        .unwrap();
+    assert!(
+        hook.secret
+            .as_deref()
+            .is_some_and(|x| x.starts_with("whsec_"))
+    );
+    assert!(s.list_webhooks(p1).await.unwrap()[0].secret.is_none());
+    assert!(s.list_webhooks(p2).await.unwrap().is_empty());
+    let notified = committed(
+        s,
+        AppendJob {
+            project: p1,
+            events: vec![event("a", "ping", "ann")],
+            idempotency: None,
+            notify: true,
+        },
+    )
+    .await;
+    let due = s.due_deliveries(Time::now(), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].msg_id, notified[0].id.to_string());
+    let later = Time::from_micros(Time::now().as_micros() + 60_000_000);
+    s.record_delivery(
+        due[0].id,
+        DeliveryResult::Retry {
+            at: later,
+            status: Some(500),
+            error: "boom".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(s.due_deliveries(Time::now(), 10).await.unwrap().is_empty());
+    let again = s.due_deliveries(later, 10).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 1));
+    s.record_delivery(again[0].id, DeliveryResult::Delivered)
+        .await
+        .unwrap();
+    assert!(s.due_deliveries(later, 10).await.unwrap().is_empty());
+    assert!(s.delete_webhook(p1, hook.id).await.unwrap());
+    assert!(!s.delete_webhook(p1, hook.id).await.unwrap());
+    s.ping().await.unwrap();
+}
+
+fn commit() -> CommitConfig {
+    CommitConfig::default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let conn = trailkeep::store::sqlite::open_admin(&db).unwrap();
+    use trailkeep::store::sqlite::admin;
+    admin::add_key(&conn, "p1", "key-one").unwrap();
+    let p1 = admin::project_id(&conn, "p1").unwrap().unwrap();
+    let p2 = admin::ensure_project(&conn, "p2").unwrap();
+    let store =
+        trailkeep::store::sqlite::SqliteStore::open(&db, &commit(), Arc::new(Metrics::default()))
+            .unwrap();
+    check_store(
+        Arc::new(store),
+        p1,
+        p2,
+        trailkeep::keys::hash_key("key-one"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_conformance() {
+    let Some(url) = fresh_schema().await else {
+        return;
+    };
+    let store =
+        trailkeep::store::postgres::PgStore::open(&url, &commit(), Arc::new(Metrics::default()))
+            .await
+            .unwrap();
+    use trailkeep::store::postgres::admin;
+    let c = store.pool().get().await.unwrap();
+    admin::add_key(&c, "p1", "key-one").await.unwrap();
+    let p1 = admin::project_id(&c, "p1").await.unwrap().unwrap();
+    let p2 = admin::ensure_project(&c, "p2").await.unwrap();
+    drop(c);
+    check_store(
+        Arc::new(store),
+        p1,
+        p2,
+        trailkeep::keys::hash_key("key-one"),
+    )
+    .await;
+}
