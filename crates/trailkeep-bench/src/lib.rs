@@ -72,6 +72,8 @@ pub struct Plan {
     pub verify_time: Duration,
     /// Most time to wait for full-text indexing to catch up.
     pub fts_wait: Duration,
+    /// Keep the reads phase's data directory for inspection.
+    pub keep_data: bool,
 }
 
 impl Plan {
@@ -95,6 +97,7 @@ impl Plan {
                 verify_reps: 1,
                 verify_time: secs(1),
                 fts_wait: secs(10),
+                keep_data: false,
             },
             Mode::Quick => Self {
                 mode,
@@ -111,6 +114,7 @@ impl Plan {
                 verify_reps: 5,
                 verify_time: secs(3),
                 fts_wait: secs(300),
+                keep_data: false,
             },
             Mode::Full => Self {
                 mode,
@@ -127,6 +131,7 @@ impl Plan {
                 verify_reps: 5,
                 verify_time: secs(10),
                 fts_wait: secs(900),
+                keep_data: false,
             },
         }
     }

@@ -1,23 +1,26 @@
-//! `trailkeep-bench --smoke | --quick | --full [--out PATH]`: runs the
+//! `trailkeep-bench --smoke | --quick | --full [--out PATH] [--keep-data]`: runs the
 //! benchmark, prints a table and writes the summary JSON (default
-//! `target/bench/summary.json` under the workspace root).
+//! `target/bench/summary.json` under the workspace root). `--keep-data`
+//! keeps the reads phase's data directory for inspection.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use trailkeep_bench::{Mode, Plan};
 
-const USAGE: &str = "usage: trailkeep-bench --smoke | --quick | --full [--out PATH]";
+const USAGE: &str = "usage: trailkeep-bench --smoke | --quick | --full [--out PATH] [--keep-data]";
 
 fn main() -> anyhow::Result<()> {
     let mut mode = None;
     let mut out = None;
+    let mut keep_data = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--smoke" => mode = Some(Mode::Smoke),
             "--quick" => mode = Some(Mode::Quick),
             "--full" => mode = Some(Mode::Full),
+            "--keep-data" => keep_data = true,
             "--out" => out = Some(PathBuf::from(args.next().context(USAGE)?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -32,7 +35,10 @@ fn main() -> anyhow::Result<()> {
     let out = out.unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench/summary.json")
     });
-    let plan = Plan::new(mode);
+    let plan = Plan {
+        keep_data,
+        ..Plan::new(mode)
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -159,7 +159,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let disk_bytes = sys::dir_bytes(tk.dir.path());
+    let disk_live_bytes = sys::dir_bytes(tk.dir.path());
 
     let n = plan.read_samples;
     let t = plan.read_time;
@@ -256,7 +256,17 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     }
     let peak_rss = sys::peak_rss_bytes();
     drop(conn);
-    tk.stop().await?;
+    // Closing drains indexing and truncates the WAL: what stays on disk.
+    let dir = tk.stop().await?;
+    let disk_bytes = sys::dir_bytes(dir.path());
+    let disk_files = sys::file_sizes(dir.path());
+    let kept = if plan.keep_data {
+        let path = dir.keep();
+        eprintln!("reads data directory kept at {}", path.display());
+        Some(path.display().to_string())
+    } else {
+        None
+    };
 
     Ok(json!({
         "events": loaded,
@@ -265,6 +275,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         "fts_catchup_s": fts_catchup_s,
         "disk_bytes": disk_bytes,
         "disk_bytes_per_event": per_sec(disk_bytes, loaded as f64),
+        "disk_live_bytes_per_event": per_sec(disk_live_bytes, loaded as f64),
+        "disk_files": disk_files,
+        "kept_data_dir": kept,
         "actor": latency_json(&actor),
         "action_prefix": latency_json(&action),
         "time_range": latency_json(&time_range),

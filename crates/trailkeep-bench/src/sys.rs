@@ -81,6 +81,23 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Sizes of the files directly in `dir`, by name.
+#[must_use]
+pub fn file_sizes(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let mut sizes = serde_json::Map::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Ok(m) = entry.metadata()
+            && m.is_file()
+        {
+            sizes.insert(
+                entry.file_name().to_string_lossy().into_owned(),
+                m.len().into(),
+            );
+        }
+    }
+    sizes
+}
+
 /// The machine: CPU model (as `lscpu` names it), usable cores, memory.
 #[must_use]
 pub fn machine() -> serde_json::Value {
