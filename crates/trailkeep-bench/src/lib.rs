@@ -228,6 +228,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
 
     eprintln!("[3/4] trailkeep ingest");
     let tk = server::start().await?;
+    let commits_0 = server::Commits::scrape(tk.addr).await?;
     sys::reset_peak_rss();
     let single = http::run_load(
         tk.addr,
@@ -237,6 +238,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     .await?;
     let single_rss = sys::peak_rss_bytes();
     fail_on_errors("single", &single)?;
+    let commits_1 = server::Commits::scrape(tk.addr).await?;
     sys::reset_peak_rss();
     let batch = http::run_load(
         tk.addr,
@@ -246,6 +248,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     .await?;
     let batch_rss = sys::peak_rss_bytes();
     fail_on_errors("batch", &batch)?;
+    let commits_2 = server::Commits::scrape(tk.addr).await?;
     sys::reset_peak_rss();
     let mixed_source: Source = Arc::new(move |_, n| {
         let i = usize::try_from(n).unwrap_or(0);
@@ -266,6 +269,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     let mixed = http::run_load(tk.addr, &plan.spec(CONNECTIONS), mixed_source).await?;
     let mixed_rss = sys::peak_rss_bytes();
     fail_on_errors("mixed", &mixed)?;
+    let commits_3 = server::Commits::scrape(tk.addr).await?;
     let stored = single.acked_events + batch.acked_events + mixed.acked_events;
     let dir = tk.stop().await?;
     let disk_bytes = sys::dir_bytes(dir.path());
@@ -278,9 +282,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     let mut mixed_json = load_json(&mixed, Kind::Write);
     mixed_json["reads"] = load_json(&mixed, Kind::Read);
     let trailkeep = json!({
-        "single": with_rss(load_json(&single, Kind::Write), mib(single_rss)),
-        "batch": with_rss(load_json(&batch, Kind::Write), mib(batch_rss)),
-        "mixed": with_rss(mixed_json, mib(mixed_rss)),
+        "single": with_rss(load_json(&single, Kind::Write), mib(single_rss), commits_1.since(&commits_0)),
+        "batch": with_rss(load_json(&batch, Kind::Write), mib(batch_rss), commits_2.since(&commits_1)),
+        "mixed": with_rss(mixed_json, mib(mixed_rss), commits_3.since(&commits_2)),
         "peak_rss_mib": mib(single_rss.max(batch_rss).max(mixed_rss)),
         "disk": {
             "events": stored,
@@ -305,7 +309,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     ))
 }
 
-fn with_rss(mut v: Value, rss_mib: f64) -> Value {
+fn with_rss(mut v: Value, rss_mib: f64, commits: Value) -> Value {
     v["peak_rss_mib"] = json!(rss_mib);
+    v["group_commits"] = commits;
     v
 }

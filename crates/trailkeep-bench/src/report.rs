@@ -136,6 +136,15 @@ pub fn table(s: &Value) -> String {
         r["paging"]["deepest_page"],
         fmt(&r["paging"]["walk_mean_ms"]),
     ));
+    for phase in ["single", "batch", "mixed"] {
+        let c = &t[phase]["group_commits"];
+        out.push_str(&format!(
+            "{phase} group commits: {} ({} events each, {} ms each)\n",
+            fmt(&c["commits"]),
+            fmt(&c["events_per_commit"]),
+            fmt(&c["commit_ms_mean"])
+        ));
+    }
     out.push_str(&format!(
         "full-text catch-up after load: {} s\n",
         fmt(&r["fts_catchup_s"])

@@ -63,3 +63,56 @@ impl Running {
         Ok(self.dir)
     }
 }
+
+/// Cumulative group-commit counters from the server's `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Commits {
+    /// Group commits.
+    pub commits: f64,
+    /// Events in them.
+    pub events: f64,
+    /// Seconds spent committing, fsync included.
+    pub secs: f64,
+}
+
+impl Commits {
+    /// Reads the counters from `GET /metrics`.
+    ///
+    /// # Errors
+    /// When the request fails.
+    pub async fn scrape(addr: SocketAddr) -> anyhow::Result<Self> {
+        let mut conn = crate::http::Conn::connect(addr).await?;
+        let res = conn.send(&crate::http::get("/metrics", API_KEY)).await?;
+        let text = String::from_utf8_lossy(&res.body);
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Ok(Self {
+            commits: value("trailkeep_commit_seconds_count"),
+            events: value("trailkeep_commit_batch_events_sum"),
+            secs: value("trailkeep_commit_seconds_sum"),
+        })
+    }
+
+    /// What happened between `earlier` and `self`, as JSON: commits, mean
+    /// events per commit and mean commit time.
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> serde_json::Value {
+        let commits = self.commits - earlier.commits;
+        let (per_commit, ms) = if commits > 0.0 {
+            (
+                (self.events - earlier.events) / commits,
+                (self.secs - earlier.secs) * 1000.0 / commits,
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        serde_json::json!({
+            "commits": commits,
+            "events_per_commit": per_commit,
+            "commit_ms_mean": ms,
+        })
+    }
+}

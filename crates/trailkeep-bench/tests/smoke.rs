@@ -16,6 +16,8 @@ const KEYS: &[&str] = &[
     "/trailkeep/single/latency/p99_ms",
     "/trailkeep/single/cpu_secs",
     "/trailkeep/single/peak_rss_mib",
+    "/trailkeep/single/group_commits/events_per_commit",
+    "/trailkeep/batch/group_commits/commit_ms_mean",
     "/trailkeep/batch/events_per_s",
     "/trailkeep/batch/latency/p999_ms",
     "/trailkeep/mixed/events_per_s",
