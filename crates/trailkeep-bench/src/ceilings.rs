@@ -73,6 +73,8 @@ pub struct AppendResult {
     pub secs: f64,
     /// Bytes written.
     pub bytes: u64,
+    /// Bytes the process sent to storage meanwhile (`/proc/self/io`).
+    pub storage_write_bytes: u64,
 }
 
 /// Parses each body into a `serde_json::Value`, hashes it with SHA-256 and
@@ -92,6 +94,7 @@ pub fn durable_append(
     let mut file = std::fs::File::create(dir.join("append.log"))?;
     let mut buf = Vec::with_capacity(batch * 700);
     let start = Instant::now();
+    let written_start = crate::sys::storage_write_bytes();
     let (mut events, mut syncs, mut bytes) = (0u64, 0u64, 0u64);
     let mut next = 0usize;
     while events < max_events && start.elapsed() < max_time {
@@ -116,6 +119,7 @@ pub fn durable_append(
         syncs,
         secs: start.elapsed().as_secs_f64(),
         bytes,
+        storage_write_bytes: crate::sys::storage_write_bytes().saturating_sub(written_start),
     })
 }
 

@@ -216,6 +216,8 @@ pub struct LoadResult {
     pub first_error: Option<String>,
     /// Process CPU seconds (server and load generator) while measuring.
     pub cpu_secs: f64,
+    /// Bytes the process sent to storage while measuring.
+    pub storage_write_bytes: u64,
 }
 
 #[derive(Default)]
@@ -292,6 +294,7 @@ pub async fn run_load(addr: SocketAddr, spec: &LoadSpec, source: Source) -> io::
     }
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_start = crate::sys::cpu_secs();
+    let written_start = crate::sys::storage_write_bytes();
     let mut total = LoadResult::default();
     let mut last_done = measure_from;
     for task in tasks {
@@ -312,6 +315,7 @@ pub async fn run_load(addr: SocketAddr, spec: &LoadSpec, source: Source) -> io::
         }
     }
     total.cpu_secs = crate::sys::cpu_secs() - cpu_start;
+    total.storage_write_bytes = crate::sys::storage_write_bytes().saturating_sub(written_start);
     total.secs = last_done.duration_since(measure_from).as_secs_f64();
     for l in &mut total.latencies_us {
         l.sort_unstable();

@@ -298,6 +298,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         "events": append.events,
         "fdatasyncs": append.syncs,
         "bytes": append.bytes,
+        "storage_write_bytes_per_event": per_sec(append.storage_write_bytes, append.events as f64),
         "secs": append.secs,
     });
     Ok(report::summary(

@@ -139,12 +139,17 @@ pub fn table(s: &Value) -> String {
     for phase in ["single", "batch", "mixed"] {
         let c = &t[phase]["group_commits"];
         out.push_str(&format!(
-            "{phase} group commits: {} ({} events each, {} ms each)\n",
+            "{phase} group commits: {} ({} events each, {} ms each); {} bytes to storage per event\n",
             fmt(&c["commits"]),
             fmt(&c["events_per_commit"]),
-            fmt(&c["commit_ms_mean"])
+            fmt(&c["commit_ms_mean"]),
+            fmt(&t[phase]["storage_write_bytes_per_event"])
         ));
     }
+    out.push_str(&format!(
+        "durable-append ceiling: {} bytes to storage per event\n",
+        fmt(&s["append_ceiling"]["storage_write_bytes_per_event"])
+    ));
     out.push_str(&format!(
         "full-text catch-up after load: {} s\n",
         fmt(&r["fts_catchup_s"])

@@ -34,6 +34,13 @@ pub fn cpu_secs() -> f64 {
     secs
 }
 
+/// Bytes this process has caused to be sent to the storage layer
+/// (`write_bytes` of `/proc/self/io`); 0 when unreadable.
+#[must_use]
+pub fn storage_write_bytes() -> u64 {
+    read_kib_field("/proc/self/io", "write_bytes:")
+}
+
 /// Resets the peak resident set size (`VmHWM`) to the current RSS, so the
 /// next [`peak_rss_bytes`] covers only what follows. Best effort.
 pub fn reset_peak_rss() {
@@ -52,6 +59,8 @@ fn proc_status_kib(key: &str) -> u64 {
     read_kib_field("/proc/self/status", key)
 }
 
+/// The first number after `key` on a line of `path` (kiB in `/proc/*/status`
+/// and `meminfo`, bytes in `/proc/self/io`).
 fn read_kib_field(path: &str, key: &str) -> u64 {
     std::fs::read_to_string(path)
         .ok()
