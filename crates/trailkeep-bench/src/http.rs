@@ -196,6 +196,9 @@ pub struct LoadSpec {
     pub max_requests: u64,
 }
 
+/// The name of trailkeep's writer thread as `/proc` shows it (15 bytes).
+const WRITER_THREAD: &str = "trailkeep-write";
+
 /// Tallies of one load run.
 #[derive(Debug, Default)]
 pub struct LoadResult {
@@ -216,6 +219,8 @@ pub struct LoadResult {
     pub first_error: Option<String>,
     /// Process CPU seconds (server and load generator) while measuring.
     pub cpu_secs: f64,
+    /// CPU seconds of trailkeep's single writer thread while measuring.
+    pub writer_cpu_secs: f64,
     /// Bytes the process sent to storage while measuring.
     pub storage_write_bytes: u64,
 }
@@ -294,6 +299,7 @@ pub async fn run_load(addr: SocketAddr, spec: &LoadSpec, source: Source) -> io::
     }
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_start = crate::sys::cpu_secs();
+    let writer_start = crate::sys::thread_cpu_secs(WRITER_THREAD);
     let written_start = crate::sys::storage_write_bytes();
     let mut total = LoadResult::default();
     let mut last_done = measure_from;
@@ -315,6 +321,7 @@ pub async fn run_load(addr: SocketAddr, spec: &LoadSpec, source: Source) -> io::
         }
     }
     total.cpu_secs = crate::sys::cpu_secs() - cpu_start;
+    total.writer_cpu_secs = crate::sys::thread_cpu_secs(WRITER_THREAD) - writer_start;
     total.storage_write_bytes = crate::sys::storage_write_bytes().saturating_sub(written_start);
     total.secs = last_done.duration_since(measure_from).as_secs_f64();
     for l in &mut total.latencies_us {

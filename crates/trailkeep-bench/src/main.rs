@@ -33,7 +33,12 @@ fn main() -> anyhow::Result<()> {
         bail!("{USAGE}");
     };
     let out = out.unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench/summary.json")
+        // The workspace root is two levels above this crate's manifest.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .nth(2)
+            .unwrap_or_else(|| std::path::Path::new("."));
+        root.join("target/bench/summary.json")
     });
     let plan = Plan {
         keep_data,

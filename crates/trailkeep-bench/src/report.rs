@@ -139,10 +139,11 @@ pub fn table(s: &Value) -> String {
     for phase in ["single", "batch", "mixed"] {
         let c = &t[phase]["group_commits"];
         out.push_str(&format!(
-            "{phase} group commits: {} ({} events each, {} ms each); {} bytes to storage per event\n",
+            "{phase}: {} group commits ({} events, {} ms each); writer thread {} cores busy; {} bytes to storage per event\n",
             fmt(&c["commits"]),
             fmt(&c["events_per_commit"]),
             fmt(&c["commit_ms_mean"]),
+            fmt(&t[phase]["writer_cores_busy"]),
             fmt(&t[phase]["storage_write_bytes_per_event"])
         ));
     }

@@ -11,9 +11,28 @@ const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 /// `/proc/self/stat` is unreadable.
 #[must_use]
 pub fn cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    std::fs::read_to_string("/proc/self/stat").map_or(0.0, |s| stat_cpu_secs(&s))
+}
+
+/// CPU seconds used so far by this process's threads whose name starts
+/// with `prefix` (Linux truncates thread names to 15 bytes).
+#[must_use]
+pub fn thread_cpu_secs(prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|s| stat_cpu_secs(&s))
+        .sum()
+}
+
+/// utime + stime of a `stat` file's text, in seconds.
+fn stat_cpu_secs(stat: &str) -> f64 {
     // The command name (field 2) may hold spaces; fields after it start at
     // field 3, so utime (field 14) and stime (field 15) are at 11 and 12.
     let Some((_, rest)) = stat.rsplit_once(')') else {
