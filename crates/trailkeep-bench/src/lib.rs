@@ -1,0 +1,317 @@
+//! trailkeep's benchmark: trailkeep measured against this machine's own
+//! ceilings in one run, so the ratios hold even where absolute numbers
+//! drift from run to run on shared machines.
+//!
+//! - [`ceilings`]: an axum server that only parses (HTTP ceiling), a
+//!   single-threaded parse + SHA-256 + append + `fdatasync` loop (durable
+//!   append ceiling), SHA-256 over export lines (verify ceiling).
+//! - [`http`]: the load generator, raw HTTP/1.1 keep-alive over tokio TCP.
+//! - [`server`]: trailkeep in process on a fresh data directory.
+//! - [`reads`]: reads at scale and `verify` throughput.
+//! - [`report`]: the summary JSON, its ratios and the printed table.
+
+pub mod ceilings;
+pub mod events;
+pub mod http;
+pub mod reads;
+pub mod report;
+pub mod server;
+pub mod stats;
+pub mod sys;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use serde_json::{Value, json};
+
+use crate::http::{Kind, LoadSpec, Req, Source};
+use crate::server::API_KEY;
+use crate::stats::{load_json, per_sec};
+
+/// How long and how large a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything for a moment with tiny counts, so tests keep the bench alive.
+    Smoke,
+    /// A few minutes.
+    Quick,
+    /// As long as it needs.
+    Full,
+}
+
+/// The counts and time bounds of a run; every loop stops at whichever of
+/// its count or time comes first.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The mode this plan is for.
+    pub mode: Mode,
+    /// Unmeasured time at the start of each load phase.
+    pub warmup: Duration,
+    /// Measured time of each load phase.
+    pub phase: Duration,
+    /// Most requests in one load phase.
+    pub max_requests: u64,
+    /// Most events the durable-append ceiling writes.
+    pub append_events: u64,
+    /// Events loaded for the reads phase.
+    pub read_events: u64,
+    /// Most time the reads phase's bulk load may take.
+    pub load_time: Duration,
+    /// Samples per read query kind.
+    pub read_samples: usize,
+    /// Most time per read query kind.
+    pub read_time: Duration,
+    /// Walks of up to 100 pages by cursor.
+    pub page_walks: usize,
+    /// Tenants exported and verified.
+    pub verify_tenants: usize,
+    /// Most verification passes over the bundles.
+    pub verify_reps: u32,
+    /// Verification passes stop once this much time is spent.
+    pub verify_time: Duration,
+    /// Most time to wait for full-text indexing to catch up.
+    pub fts_wait: Duration,
+    /// Keep the reads phase's data directory for inspection.
+    pub keep_data: bool,
+}
+
+impl Plan {
+    /// The plan for `mode`.
+    #[must_use]
+    pub fn new(mode: Mode) -> Self {
+        let secs = Duration::from_secs;
+        match mode {
+            Mode::Smoke => Self {
+                mode,
+                warmup: Duration::ZERO,
+                phase: Duration::from_millis(400),
+                max_requests: 5_000,
+                append_events: 5_000,
+                read_events: 5_000,
+                load_time: secs(30),
+                read_samples: 5,
+                read_time: secs(2),
+                page_walks: 1,
+                verify_tenants: 2,
+                verify_reps: 1,
+                verify_time: secs(1),
+                fts_wait: secs(10),
+                keep_data: false,
+            },
+            Mode::Quick => Self {
+                mode,
+                warmup: secs(1),
+                phase: secs(10),
+                max_requests: 5_000_000,
+                append_events: 1_000_000,
+                read_events: 200_000,
+                load_time: secs(600),
+                read_samples: 300,
+                read_time: secs(10),
+                page_walks: 5,
+                verify_tenants: 10,
+                verify_reps: 5,
+                verify_time: secs(3),
+                fts_wait: secs(300),
+                keep_data: false,
+            },
+            Mode::Full => Self {
+                mode,
+                warmup: secs(2),
+                phase: secs(30),
+                max_requests: 20_000_000,
+                append_events: 5_000_000,
+                read_events: 1_000_000,
+                load_time: secs(3600),
+                read_samples: 1000,
+                read_time: secs(30),
+                page_walks: 10,
+                verify_tenants: 20,
+                verify_reps: 5,
+                verify_time: secs(10),
+                fts_wait: secs(900),
+                keep_data: false,
+            },
+        }
+    }
+
+    fn spec(&self, connections: usize) -> LoadSpec {
+        LoadSpec {
+            connections,
+            warmup: self.warmup,
+            measure: self.phase,
+            max_requests: self.max_requests,
+        }
+    }
+}
+
+/// Keep-alive connections for single-event and mixed load.
+pub const CONNECTIONS: usize = 64;
+/// Connections for batched load.
+pub const BATCH_CONNECTIONS: usize = 4;
+
+fn rotate(reqs: Vec<Arc<[u8]>>, kind: Kind, events: u64) -> Source {
+    Arc::new(move |_, n| Req {
+        bytes: reqs[usize::try_from(n).unwrap_or(0) % reqs.len()].clone(),
+        kind,
+        events,
+    })
+}
+
+fn fail_on_errors(phase: &str, r: &http::LoadResult) -> anyhow::Result<()> {
+    if r.events == 0 {
+        bail!("{phase}: no event was acknowledged ({:?})", r.first_error);
+    }
+    Ok(())
+}
+
+/// Runs every phase of `plan` and returns the summary (see [`report`]).
+///
+/// # Errors
+/// When a server cannot be started or a phase stores nothing.
+pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
+    let bodies = events::single_bodies();
+    let raw_json_bytes_per_event = per_sec(
+        bodies.iter().map(|b| b.len() as u64).sum(),
+        bodies.len() as f64,
+    );
+    let singles: Vec<Arc<[u8]>> = bodies
+        .iter()
+        .map(|b| http::post("/v1/events", API_KEY, b).into())
+        .collect();
+    let batches: Vec<Arc<[u8]>> = (0..4)
+        .map(|k| {
+            http::post(
+                "/v1/events/batch",
+                API_KEY,
+                &events::batch_body(k * 250, None),
+            )
+            .into()
+        })
+        .collect();
+    let actor_reads: Vec<Arc<[u8]>> = (0..events::TEMPLATES)
+        .map(|i| {
+            http::get(
+                &format!("/v1/events?actor={}&limit=50", events::actor_id(i)),
+                API_KEY,
+            )
+            .into()
+        })
+        .collect();
+
+    eprintln!("[1/4] HTTP ceiling");
+    let ceiling = ceilings::start_http_ceiling().await?;
+    let http_ceiling = http::run_load(
+        ceiling.addr,
+        &plan.spec(CONNECTIONS),
+        rotate(singles.clone(), Kind::Write, 1),
+    )
+    .await?;
+    ceiling.stop().await?;
+    fail_on_errors("HTTP ceiling", &http_ceiling)?;
+
+    eprintln!("[2/4] durable-append ceiling");
+    let append_dir = tempfile::Builder::new()
+        .prefix("trailkeep-bench-append-")
+        .tempdir()?;
+    let append = {
+        let bodies = bodies.clone();
+        let dir = append_dir.path().to_owned();
+        let (max, time) = (plan.append_events, plan.phase);
+        tokio::task::spawn_blocking(move || {
+            ceilings::durable_append(&bodies, &dir, events::BATCH, max, time)
+        })
+        .await??
+    };
+    drop(append_dir);
+
+    eprintln!("[3/4] trailkeep ingest");
+    let tk = server::start().await?;
+    let commits_0 = server::Commits::scrape(tk.addr).await?;
+    sys::reset_peak_rss();
+    let single = http::run_load(
+        tk.addr,
+        &plan.spec(CONNECTIONS),
+        rotate(singles.clone(), Kind::Write, 1),
+    )
+    .await?;
+    let single_rss = sys::peak_rss_bytes();
+    fail_on_errors("single", &single)?;
+    let commits_1 = server::Commits::scrape(tk.addr).await?;
+    sys::reset_peak_rss();
+    let batch = http::run_load(
+        tk.addr,
+        &plan.spec(BATCH_CONNECTIONS),
+        rotate(batches, Kind::Write, events::BATCH as u64),
+    )
+    .await?;
+    let batch_rss = sys::peak_rss_bytes();
+    fail_on_errors("batch", &batch)?;
+    let commits_2 = server::Commits::scrape(tk.addr).await?;
+    sys::reset_peak_rss();
+    let mixed_source: Source = Arc::new(move |_, n| {
+        let i = usize::try_from(n).unwrap_or(0);
+        if i % 10 == 9 {
+            Req {
+                bytes: actor_reads[(i / 10) % actor_reads.len()].clone(),
+                kind: Kind::Read,
+                events: 0,
+            }
+        } else {
+            Req {
+                bytes: singles[i % singles.len()].clone(),
+                kind: Kind::Write,
+                events: 1,
+            }
+        }
+    });
+    let mixed = http::run_load(tk.addr, &plan.spec(CONNECTIONS), mixed_source).await?;
+    let mixed_rss = sys::peak_rss_bytes();
+    fail_on_errors("mixed", &mixed)?;
+    let commits_3 = server::Commits::scrape(tk.addr).await?;
+    let stored = single.acked_events + batch.acked_events + mixed.acked_events;
+    let dir = tk.stop().await?;
+    let disk_bytes = sys::dir_bytes(dir.path());
+    drop(dir);
+
+    eprintln!("[4/4] reads at scale ({} events)", plan.read_events);
+    let reads = reads::run(plan).await?;
+
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let mut mixed_json = load_json(&mixed, Kind::Write);
+    mixed_json["reads"] = load_json(&mixed, Kind::Read);
+    let trailkeep = json!({
+        "single": with_rss(load_json(&single, Kind::Write), mib(single_rss), commits_1.since(&commits_0)),
+        "batch": with_rss(load_json(&batch, Kind::Write), mib(batch_rss), commits_2.since(&commits_1)),
+        "mixed": with_rss(mixed_json, mib(mixed_rss), commits_3.since(&commits_2)),
+        "peak_rss_mib": mib(single_rss.max(batch_rss).max(mixed_rss)),
+        "disk": {
+            "events": stored,
+            "bytes": disk_bytes,
+            "bytes_per_event": per_sec(disk_bytes, stored as f64),
+            "raw_json_bytes_per_event": raw_json_bytes_per_event,
+        },
+    });
+    let append_json = json!({
+        "events_per_s": per_sec(append.events, append.secs),
+        "events": append.events,
+        "fdatasyncs": append.syncs,
+        "bytes": append.bytes,
+        "storage_write_bytes_per_event": per_sec(append.storage_write_bytes, append.events as f64),
+        "secs": append.secs,
+    });
+    Ok(report::summary(
+        plan,
+        load_json(&http_ceiling, Kind::Write),
+        append_json,
+        trailkeep,
+        reads,
+    ))
+}
+
+fn with_rss(mut v: Value, rss_mib: f64, commits: Value) -> Value {
+    v["peak_rss_mib"] = json!(rss_mib);
+    v["group_commits"] = commits;
+    v
+}

@@ -1,0 +1,186 @@
+//! The summary: every figure, the ratios the benchmark issue sets bars on,
+//! whether each bar is met, and the table printed at the end of a run.
+
+use serde_json::{Value, json};
+
+use crate::stats::ratio;
+use crate::{Mode, Plan};
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    path.iter()
+        .fold(v, |v, k| &v[*k])
+        .as_f64()
+        .unwrap_or(f64::NAN)
+}
+
+/// Assembles the summary from each phase's figures.
+#[must_use]
+pub fn summary(plan: &Plan, http: Value, append: Value, trailkeep: Value, reads: Value) -> Value {
+    let single_eps = num(&trailkeep, &["single", "events_per_s"]);
+    let batch_eps = num(&trailkeep, &["batch", "events_per_s"]);
+    let single_p99 = num(&trailkeep, &["single", "latency", "p99_ms"]);
+    let http_p99 = num(&http, &["latency", "p99_ms"]);
+    let disk = num(&trailkeep, &["disk", "bytes_per_event"]);
+    let raw = num(&trailkeep, &["disk", "raw_json_bytes_per_event"]);
+    let reads_disk = num(&reads, &["disk_bytes_per_event"]);
+    let rss = num(&trailkeep, &["peak_rss_mib"]).max(num(&reads, &["peak_rss_mib"]));
+    let ratios = json!({
+        "single_vs_http": ratio(single_eps, num(&http, &["events_per_s"])),
+        "batch_vs_append": ratio(batch_eps, num(&append, &["events_per_s"])),
+        "verify_vs_sha256": ratio(num(&reads, &["verify", "events_per_s"]), num(&reads, &["sha256", "events_per_s"])),
+        "pg_batch_vs_copy": null,
+        "single_p99_vs_http_p99": ratio(single_p99, http_p99),
+        "disk_vs_raw_json": ratio(disk, raw),
+        "reads_disk_vs_raw_json": ratio(reads_disk, raw),
+    });
+    let at_least = |key: &str, bar: f64| ratios[key].as_f64().map(|r| r >= bar);
+    let at_most = |key: &str, bar: f64| ratios[key].as_f64().map(|r| r <= bar);
+    let bars = json!({
+        "single_ge_0_6_http": at_least("single_vs_http", 0.6),
+        "single_p99_le_3x_http_p99": at_most("single_p99_vs_http_p99", 3.0),
+        "batch_ge_0_5_append": at_least("batch_vs_append", 0.5),
+        "verify_ge_0_5_sha256": at_least("verify_vs_sha256", 0.5),
+        "peak_rss_le_200_mib": rss.is_finite().then_some(rss <= 200.0),
+        "disk_le_1_5x_raw_json": at_most("reads_disk_vs_raw_json", 1.5),
+    });
+    json!({
+        "mode": match plan.mode { Mode::Smoke => "smoke", Mode::Quick => "quick", Mode::Full => "full" },
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "machine": crate::sys::machine(),
+        "plan": {
+            "connections": crate::CONNECTIONS,
+            "batch_connections": crate::BATCH_CONNECTIONS,
+            "warmup_s": plan.warmup.as_secs_f64(),
+            "phase_s": plan.phase.as_secs_f64(),
+            "read_events": plan.read_events,
+            "read_samples": plan.read_samples,
+        },
+        "http_ceiling": http,
+        "append_ceiling": append,
+        "trailkeep": trailkeep,
+        "reads": reads,
+        "ratios": ratios,
+        "bars": bars,
+    })
+}
+
+fn fmt(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x >= 1000.0 => format!("{x:.0}"),
+        Some(x) if x >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.3}"),
+        None => "-".into(),
+    }
+}
+
+/// Renders the summary as a plain-text table.
+#[must_use]
+pub fn table(s: &Value) -> String {
+    let mut out = String::new();
+    let mut row = |name: &str, v: &Value| {
+        out.push_str(&format!(
+            "{name:<34} {:>12} {:>9} {:>9} {:>9} {:>8} {:>8}\n",
+            fmt(&v["events_per_s"]),
+            fmt(&v["latency"]["p50_ms"]),
+            fmt(&v["latency"]["p99_ms"]),
+            fmt(&v["latency"]["p999_ms"]),
+            fmt(&v["cpu_cores_busy"]),
+            fmt(&v["peak_rss_mib"]),
+        ));
+    };
+    let header = format!(
+        "{:<34} {:>12} {:>9} {:>9} {:>9} {:>8} {:>8}\n",
+        "phase", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "cores", "RSS MiB"
+    );
+    let t = &s["trailkeep"];
+    row("HTTP ceiling (parse only, 64 conn)", &s["http_ceiling"]);
+    row("durable-append ceiling (1 thread)", &s["append_ceiling"]);
+    row("trailkeep single (64 conn)", &t["single"]);
+    row("trailkeep batch x1000 (4 conn)", &t["batch"]);
+    row("trailkeep mixed writes (64 conn)", &t["mixed"]);
+    let mut reads_row = t["mixed"]["reads"].clone();
+    reads_row["events_per_s"] = reads_row["requests_per_s"].clone();
+    row("trailkeep mixed reads (req/s)", &reads_row);
+    let r = &s["reads"];
+    row(
+        &format!("bulk load x1000 ({} events)", r["events"]),
+        &r["load"],
+    );
+    let mut out = header + &out;
+    out.push_str(&format!(
+        "\nreads at scale: {} events across {} tenants\n",
+        r["events"], r["tenants"]
+    ));
+    out.push_str(&format!(
+        "{:<34} {:>9} {:>9}\n",
+        "query", "p50 ms", "p99 ms"
+    ));
+    for (name, key) in [
+        ("filter by actor", "actor"),
+        ("action prefix", "action_prefix"),
+        ("time range (1 % of span)", "time_range"),
+        ("full text q", "full_text"),
+        ("inclusion proof", "proof"),
+    ] {
+        out.push_str(&format!(
+            "{name:<34} {:>9} {:>9}\n",
+            fmt(&r[key]["p50_ms"]),
+            fmt(&r[key]["p99_ms"])
+        ));
+    }
+    out.push_str(&format!(
+        "{:<34} {:>9} {:>9}   (deepest {}, walk mean {} ms)\n",
+        "page by cursor (limit 50)",
+        fmt(&r["paging"]["page"]["p50_ms"]),
+        fmt(&r["paging"]["page"]["p99_ms"]),
+        r["paging"]["deepest_page"],
+        fmt(&r["paging"]["walk_mean_ms"]),
+    ));
+    for phase in ["single", "batch", "mixed"] {
+        let c = &t[phase]["group_commits"];
+        out.push_str(&format!(
+            "{phase}: {} group commits ({} events, {} ms each); writer thread {} cores busy; {} bytes to storage per event\n",
+            fmt(&c["commits"]),
+            fmt(&c["events_per_commit"]),
+            fmt(&c["commit_ms_mean"]),
+            fmt(&t[phase]["writer_cores_busy"]),
+            fmt(&t[phase]["storage_write_bytes_per_event"])
+        ));
+    }
+    out.push_str(&format!(
+        "durable-append ceiling: {} bytes to storage per event\n",
+        fmt(&s["append_ceiling"]["storage_write_bytes_per_event"])
+    ));
+    out.push_str(&format!(
+        "full-text catch-up after load: {} s\n",
+        fmt(&r["fts_catchup_s"])
+    ));
+    out.push_str(&format!(
+        "verify {} events/s vs SHA-256 {} events/s\n",
+        fmt(&r["verify"]["events_per_s"]),
+        fmt(&r["sha256"]["events_per_s"])
+    ));
+    out.push_str(&format!(
+        "disk per event: ingest run {} B, reads run {} B; raw JSON {} B\n",
+        fmt(&t["disk"]["bytes_per_event"]),
+        fmt(&r["disk_bytes_per_event"]),
+        fmt(&t["disk"]["raw_json_bytes_per_event"]),
+    ));
+    out.push_str("\nratios (bar)\n");
+    for (key, bar) in [
+        ("single_vs_http", ">= 0.6"),
+        ("single_p99_vs_http_p99", "<= 3"),
+        ("batch_vs_append", ">= 0.5"),
+        ("verify_vs_sha256", ">= 0.5"),
+        ("reads_disk_vs_raw_json", "<= 1.5"),
+        ("disk_vs_raw_json", "(ingest run)"),
+        ("pg_batch_vs_copy", "(no PostgreSQL yet)"),
+    ] {
+        out.push_str(&format!(
+            "{key:<34} {:>9}   {bar}\n",
+            fmt(&s["ratios"][key])
+        ));
+    }
+    out.push_str(&format!("bars met: {}\n", s["bars"]));
+    out
+}
