@@ -34,7 +34,7 @@ pub async fn start() -> anyhow::Result<Running> {
         data_dir: dir.path().to_owned(),
         ..Config::default()
     };
-    let server = trailkeep::Server::open(config, Some(API_KEY))?;
+    let server = trailkeep::Server::open(config, Some(API_KEY)).await?;
     let verifier = server.state.log.verifier();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

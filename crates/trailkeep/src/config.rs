@@ -283,9 +283,10 @@ impl Config {
             );
         }
         if let Some(url) = get("DATABASE_URL")
-            && get("TRAILKEEP_STORE").is_none() {
-                table.insert("store".into(), toml::Value::String(url));
-            }
+            && get("TRAILKEEP_STORE").is_none()
+        {
+            table.insert("store".into(), toml::Value::String(url));
+        }
         if let Some(secret) = get("JWT_SECRET") {
             insert_path(
                 &mut table,

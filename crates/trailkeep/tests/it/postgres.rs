@@ -136,9 +136,10 @@ async fn start_node(url: &str) -> Node {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(r) = client.get(format!("{}/readyz", node.base)).send().await
-            && r.status() == 200 {
-                return node;
-            }
+            && r.status() == 200
+        {
+            return node;
+        }
         assert!(Instant::now() < deadline, "node did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
