@@ -61,6 +61,9 @@ impl std::fmt::Debug for Secret {
 pub struct RateLimitConfig {
     /// Sustained requests per second per credential; 0 turns limiting off.
     pub requests_per_second: u32,
+    /// Sustained requests per minute, for limits below one a second; used
+    /// when `requests_per_second` is 0.
+    pub requests_per_minute: u32,
     /// Requests allowed at once above the sustained rate; 0 means equal to the rate.
     pub burst: u32,
 }
@@ -132,11 +135,13 @@ pub struct WebhooksConfig {
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
+        // 5 s doubling to a 6 h cap over 20 attempts spans about two days,
+        // in the spirit of Standard Webhooks' multi-day retry schedule.
         Self {
-            max_attempts: 10,
+            max_attempts: 20,
             backoff_base_ms: 5000,
-            backoff_max_ms: 3_600_000,
-            timeout_ms: 10_000,
+            backoff_max_ms: 6 * 3_600_000,
+            timeout_ms: 15_000,
         }
     }
 }
@@ -287,7 +292,8 @@ impl Config {
         {
             table.insert("store".into(), toml::Value::String(url));
         }
-        if let Some(secret) = get("JWT_SECRET") {
+        // An empty secret would let anyone sign tokens: it counts as unset.
+        if let Some(secret) = get("JWT_SECRET").filter(|s| !s.is_empty()) {
             insert_path(
                 &mut table,
                 &["dialects".into(), "tavivo".into(), "jwt_secret".into()],
@@ -445,6 +451,7 @@ const KNOWN_KEYS: &[&[&str]] = &[
     &["commit", "queue_capacity"],
     &["rate_limit", "requests_per_second"],
     &["rate_limit", "burst"],
+    &["rate_limit", "requests_per_minute"],
     &["dialects", "tavivo", "jwt_secret"],
     &["dialects", "tavivo", "project"],
     &["dialects", "tavivo", "tenant"],

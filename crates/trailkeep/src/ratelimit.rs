@@ -29,10 +29,15 @@ impl RateLimiter {
     /// A limiter per the config (off when `requests_per_second` is 0).
     #[must_use]
     pub fn new(config: &RateLimitConfig) -> Self {
-        let params = (config.requests_per_second > 0).then(|| {
-            let interval = Duration::from_secs(1) / config.requests_per_second;
+        let (per, count) = if config.requests_per_second > 0 {
+            (Duration::from_secs(1), config.requests_per_second)
+        } else {
+            (Duration::from_secs(60), config.requests_per_minute)
+        };
+        let params = (count > 0).then(|| {
+            let interval = per / count;
             let burst = if config.burst == 0 {
-                config.requests_per_second
+                count
             } else {
                 config.burst
             };
@@ -76,14 +81,16 @@ mod tests {
     #[test]
     fn admits_the_burst_then_refuses_with_retry_after() {
         let rl = RateLimiter::new(&RateLimitConfig {
-            requests_per_second: 2,
+            requests_per_minute: 2,
             burst: 3,
+            ..Default::default()
         });
         for _ in 0..3 {
             rl.check(Credential::Key(1)).unwrap();
         }
+        // One slot refills every 30 s; the next opens 30 s after the burst.
         let wait = rl.check(Credential::Key(1)).unwrap_err();
-        assert!(wait >= 1, "{wait}");
+        assert!((29..=30).contains(&wait), "{wait}");
         rl.check(Credential::Key(2)).unwrap();
         let off = RateLimiter::new(&RateLimitConfig::default());
         for _ in 0..10_000 {

@@ -63,8 +63,11 @@ pub async fn run(
     config: WebhooksConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    // Redirects are failures (Standard Webhooks): following one would turn
+    // the POST into a GET and could mark an undelivered message delivered.
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_millis(config.timeout_ms))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
     {
         Ok(c) => c,
@@ -134,14 +137,17 @@ async fn attempt(
         Ok(()) => DeliveryResult::Delivered,
         Err((status, error)) => {
             let attempts = d.attempts + 1;
-            if attempts >= config.max_attempts {
+            // 410 Gone: the receiver asks never to be sent this again.
+            if attempts >= config.max_attempts || status == Some(410) {
                 return DeliveryResult::Failed { status, error };
             }
             let factor = 1u64 << (attempts - 1).min(30);
-            let delay_ms = config
-                .backoff_base_ms
-                .saturating_mul(factor)
-                .min(config.backoff_max_ms);
+            let delay_ms = jitter(
+                config
+                    .backoff_base_ms
+                    .saturating_mul(factor)
+                    .min(config.backoff_max_ms),
+            );
             let delay_us = i64::try_from(delay_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
             DeliveryResult::Retry {
                 at: Time::from_micros(Time::now().as_micros().saturating_add(delay_us)),
@@ -150,6 +156,17 @@ async fn attempt(
             }
         }
     }
+}
+
+/// `ms` ± 20 %, so receivers recovering from an outage are not hit by
+/// every retry at once.
+fn jitter(ms: u64) -> u64 {
+    let mut raw = [0u8; 2];
+    if getrandom::fill(&mut raw).is_err() {
+        return ms;
+    }
+    let unit = f64::from(u16::from_le_bytes(raw)) / f64::from(u16::MAX); // 0..=1
+    (ms as f64 * (0.8 + 0.4 * unit)) as u64
 }
 
 #[cfg(test)]

@@ -61,6 +61,9 @@ pub struct Checker<'a> {
     pub prefix: String,
     /// Everything found so far.
     pub violations: Vec<Violation>,
+    /// Treat `""` in an optional member as absent (dialects whose clients
+    /// send empty strings for unknown values) instead of a violation.
+    pub empty_as_absent: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -71,6 +74,7 @@ impl<'a> Checker<'a> {
             limits,
             prefix: prefix.into(),
             violations: Vec::new(),
+            empty_as_absent: false,
         }
     }
 
@@ -94,6 +98,7 @@ impl<'a> Checker<'a> {
     ) -> Option<String> {
         match obj.get(field) {
             None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() && self.empty_as_absent => None,
             Some(Value::String(s)) => {
                 if s.is_empty() {
                     self.fail(path, "empty", "must not be empty");
@@ -124,11 +129,17 @@ impl<'a> Checker<'a> {
         path: &str,
         max: usize,
     ) -> Option<String> {
-        if matches!(obj.get(field), None | Some(Value::Null)) {
-            self.fail(path, "required", "is required");
-            return None;
+        match obj.get(field) {
+            None | Some(Value::Null) => {
+                self.fail(path, "required", "is required");
+                None
+            }
+            Some(Value::String(s)) if s.is_empty() => {
+                self.fail(path, "empty", "must not be empty");
+                None
+            }
+            _ => self.opt_str(obj, field, path, max),
         }
-        self.opt_str(obj, field, path, max)
     }
 
     /// An optional object.

@@ -393,7 +393,7 @@ async fn tavivo_jwt_logs() {
     let s = TestServer::start_with(|c| c.dialects.tavivo.jwt_secret = Some(secret.into())).await;
     let token = jwt(
         r#"{"alg":"HS256","typ":"JWT"}"#,
-        r#"{"id":7,"email":"a@b.c"}"#,
+        r#"{"sub":"7","email":"a@b.c"}"#,
         secret.as_bytes(),
     );
     let auth = format!("Bearer {token}");
@@ -409,6 +409,11 @@ async fn tavivo_jwt_logs() {
         json!({"old": {"name": "a"}, "edited": {"name": "b"}})
     );
     assert_eq!(row["CreatedAt"], row["UpdatedAt"]);
+    let (_, native) = s.get("/v1/events?tenant=tavivo&limit=1", KEY).await;
+    assert_eq!(
+        row["CreatedAt"], native["data"][0]["received_at"],
+        "CreatedAt is the stored receive time"
+    );
     let (st, row2) = s
         .post_raw(
             "/logs",
@@ -531,7 +536,9 @@ type RateCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, Value);
 #[tokio::test]
 async fn over_the_rate_limit_each_dialect_answers_429_in_its_shape() {
     let s = TestServer::start_with(|c| {
-        c.rate_limit.requests_per_second = 1;
+        // One request a minute after a burst of two: no refill can happen
+        // while the test runs, however slow the machine.
+        c.rate_limit.requests_per_minute = 1;
         c.rate_limit.burst = 2;
         c.dialects.tavivo.jwt_secret = Some("k".into());
     })
@@ -559,6 +566,12 @@ async fn over_the_rate_limit_each_dialect_answers_429_in_its_shape() {
             json!({"status": "error", "message": "Rate limit was exceeded."}),
         ),
         (
+            "/api/events",
+            vec![JSON, ("authorization", auth.as_str())],
+            AUDITR_EXAMPLE.into(),
+            json!({"error": "rate_limit_exceeded", "message": "Rate limit was exceeded."}),
+        ),
+        (
             "/logs",
             vec![JSON, ("authorization", token.as_str())],
             r#"{"userId":1,"action":"a"}"#.into(),
@@ -582,6 +595,16 @@ async fn over_the_rate_limit_each_dialect_answers_429_in_its_shape() {
         )
         .await;
     assert_eq!(st, 201, "under the limit nothing is refused");
+    // A wrong LogHub organization is a 401 even with the quota spent: failed
+    // authentication is answered before the limit is charged.
+    let (st, res) = s
+        .post_raw(
+            "/v1/event",
+            &[JSON, ("token", KEY), ("organization", "nope")],
+            LOGHUB_EXAMPLE,
+        )
+        .await;
+    assert_eq!((st, res["code"].as_str()), (401, Some("UNAUTHORIZED")));
     for (path, headers, body, want) in &cases {
         if *path == "/logs" {
             for _ in 0..2 {
@@ -603,7 +626,7 @@ async fn over_the_rate_limit_each_dialect_answers_429_in_its_shape() {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(retry >= 1);
+        assert!((59..=60).contains(&retry), "{path}: Retry-After {retry}");
         let (st, got) = crate::support::read(res).await;
         assert_eq!((st, &got), (429, want), "{path}");
     }
@@ -766,4 +789,32 @@ async fn auditr_seed_example_and_rules() {
         "2023-11-07T05:31:56.000000Z"
     );
     assert_eq!(count(&s).await, before + 1);
+}
+
+#[tokio::test]
+async fn logzab_tag_arrays_and_empty_optional_members() {
+    let s = TestServer::start().await;
+    let mut body: Value = serde_json::from_str(&LOGZAB_CURL.replace("KEY", KEY)).unwrap();
+    body["tag"] = json!(["#hris", "web app", "#hris", " "]);
+    body["actor"]["group"] = json!("");
+    let (st, res) = s.post("/v1/addTrail", KEY, &body).await;
+    assert_eq!(st, 200, "{res}");
+    let e = native_latest(&s).await;
+    assert_eq!(e["tags"], json!(["hris", "web app"]));
+    assert!(
+        e["actor"].get("group").is_none(),
+        "an empty optional member counts as absent"
+    );
+    body["tag"] = json!(["ok", 3]);
+    let (st, res) = s.post("/v1/addTrail", KEY, &body).await;
+    assert_eq!(
+        (st, res["errors"][0]["field"].as_str()),
+        (400, Some("/tag"))
+    );
+    let (st, res) = s.post_raw("/v1/addTrail", &[JSON], "[]").await;
+    assert_eq!(
+        (st, res["status"].as_str()),
+        (400, Some("error")),
+        "a non-object body is a 400, not a 401"
+    );
 }

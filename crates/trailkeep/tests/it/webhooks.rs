@@ -156,6 +156,11 @@ async fn a_restart_between_attempts_still_delivers() {
         let attempts = rx.attempts.lock().unwrap();
         assert_eq!(attempts.len(), 2);
         assert!(verify(&secret, &attempts[1].0, &attempts[1].1));
+        let first: Value = serde_json::from_slice(&attempts[0].1).unwrap();
+        assert_eq!(
+            first["data"]["action"], "loud",
+            "an event without notify queues nothing"
+        );
         let payload: Value = serde_json::from_slice(&attempts[1].1).unwrap();
         assert_eq!(payload["data"]["action"], "loud");
     }

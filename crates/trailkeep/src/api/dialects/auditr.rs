@@ -109,6 +109,7 @@ async fn handle(
     let limits = &state.config.limits;
     let (short, text) = (limits.max_short_field, limits.max_text_field);
     let mut c = Checker::new(limits, "");
+    c.empty_as_absent = true;
     let Some(obj) = value.as_object() else {
         c.fail("", "type", "the body must be a JSON object");
         return Err(Failure::invalid(c.violations));

@@ -89,11 +89,18 @@ async fn handle(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
         },
         other => other.into(),
     })?;
+    if !value.is_object() {
+        return Err(Failure::BadRequest {
+            message: Some("The body must be a JSON object.".into()),
+            errors: Vec::new(),
+        });
+    }
     let key = value.get("apiKey").and_then(Value::as_str);
     let principal = authenticate(state, key).await?;
     let limits = &state.config.limits;
     let (short, text) = (limits.max_short_field, limits.max_text_field);
     let mut c = Checker::new(limits, "");
+    c.empty_as_absent = true;
     let Some(obj) = value.as_object() else {
         c.fail("", "type", "the body must be a JSON object");
         return Err(Failure::invalid(c.violations));
@@ -225,15 +232,17 @@ async fn handle(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
         None | Some(Value::Null) => (Vec::new(), None),
         Some(Value::String(s)) => (parse_tags(s), Some(s.clone())),
         Some(Value::Array(items)) => {
-            let joined: Vec<String> = items
-                .iter()
-                .filter_map(Value::as_str)
-                .flat_map(parse_tags)
-                .collect();
-            if joined.len() != items.len() {
+            if !items.iter().all(Value::is_string) {
                 c.fail("tag", "type", "must be a string or an array of strings");
             }
-            (joined, None)
+            let mut out: Vec<String> = Vec::new();
+            for t in items.iter().filter_map(Value::as_str) {
+                let t = t.trim().trim_start_matches('#').trim();
+                if !t.is_empty() && !out.iter().any(|o| o == t) {
+                    out.push(t.to_owned());
+                }
+            }
+            (out, None)
         }
         Some(_) => {
             c.fail("tag", "type", "must be a string or an array of strings");

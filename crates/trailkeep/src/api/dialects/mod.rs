@@ -128,11 +128,24 @@ pub(crate) async fn authenticate(
     state: &AppState,
     key: Option<&str>,
 ) -> Result<Principal, Failure> {
+    authenticate_if(state, key, |_| true).await
+}
+
+/// Resolves an API key, applies a further credential check, and only then
+/// charges the rate limit, so failed authentication never uses quota.
+pub(crate) async fn authenticate_if(
+    state: &AppState,
+    key: Option<&str>,
+    accept: impl FnOnce(&Principal) -> bool,
+) -> Result<Principal, Failure> {
     let key = key.filter(|k| !k.is_empty()).ok_or(Failure::Unauthorized)?;
     let principal = state
         .authenticate(key)
         .await?
         .ok_or(Failure::Unauthorized)?;
+    if !accept(&principal) {
+        return Err(Failure::Unauthorized);
+    }
     state
         .rate
         .check(Credential::Key(principal.key_id))

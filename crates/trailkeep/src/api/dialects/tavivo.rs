@@ -33,7 +33,10 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/logs", post(create).get(list).fallback(method_not_allowed))
 }
 
-async fn method_not_allowed() -> Response {
+async fn method_not_allowed(State(state): State<AppState>) -> Response {
+    if state.config.dialects.tavivo.jwt_secret.is_none() {
+        return render(Refusal::Disabled);
+    }
     (
         StatusCode::METHOD_NOT_ALLOWED,
         axum::Json(json!({"message": "Method not allowed"})),
@@ -138,7 +141,7 @@ fn verify_inner(token: &str, secret: &[u8], now_secs: i64) -> Result<Map<String,
     };
     let number = |k: &str| claims.get(k).map(|v| v.as_f64().ok_or(()));
     if let Some(exp) = number("exp")
-        && exp? <= now_secs as f64
+        && exp? < now_secs as f64
     {
         return Err(());
     }
@@ -437,7 +440,11 @@ mod tests {
         assert_eq!(verify_hs256(&ok, b"s3cret", now).unwrap()["sub"], "42");
         assert!(verify_hs256(&ok, b"other", now).is_err());
         assert!(
-            verify_hs256(&ok, b"s3cret", 1_700_000_100).is_err(),
+            verify_hs256(&ok, b"s3cret", 1_700_000_100).is_ok(),
+            "valid through its exp second, as golang-jwt"
+        );
+        assert!(
+            verify_hs256(&ok, b"s3cret", 1_700_000_101).is_err(),
             "expired"
         );
         let hs512 = token(r#"{"alg":"HS512"}"#, r#"{"sub":"42"}"#, b"s3cret");
