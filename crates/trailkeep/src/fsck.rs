@@ -1,8 +1,10 @@
-//! Offline consistency check of a SQLite store: every event's leaf is
-//! re-hashed and compared with the stored level-0 node, each tenant's
-//! indexes must be contiguous, every stored node must equal the hash of
-//! its children, and the stored root must be the root of the stored tree.
-//! A check of the tree alone would miss an edited payload.
+//! Offline consistency check of a store: every event's leaf is re-hashed
+//! and compared with the stored level-0 node, each tenant's indexes must be
+//! contiguous, every stored node must equal the hash of its children, and
+//! the stored root must be the root of the stored tree. A check of the tree
+//! alone would miss an edited payload.
+//!
+//! The checks live in [`TenantCheck`], fed row by row by either store.
 
 use std::collections::HashMap;
 
@@ -37,7 +39,131 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// Checks every tenant; returns (events checked, findings).
+/// The check of one tenant: construct with its head and stored nodes, feed
+/// its events in index order, then [`TenantCheck::finish`].
+pub struct TenantCheck {
+    project: String,
+    tenant: String,
+    size: u64,
+    root: Vec<u8>,
+    nodes: HashMap<NodeId, Hash>,
+    frontier: Frontier,
+    gap: bool,
+    findings: Vec<Finding>,
+}
+
+impl TenantCheck {
+    /// Starts the check of a tenant whose head is `(size, root)`.
+    #[must_use]
+    pub fn new(
+        project: String,
+        tenant: String,
+        size: u64,
+        root: Vec<u8>,
+        nodes: HashMap<NodeId, Hash>,
+    ) -> Self {
+        Self {
+            project,
+            tenant,
+            size,
+            root,
+            nodes,
+            frontier: Frontier::empty(),
+            gap: false,
+            findings: Vec::new(),
+        }
+    }
+
+    fn report(&mut self, index: Option<u64>, problem: String) {
+        self.findings.push(Finding {
+            project: self.project.clone(),
+            tenant: self.tenant.clone(),
+            index,
+            problem,
+        });
+    }
+
+    /// Checks the next stored event (`idx` as stored in its own column).
+    pub fn event(&mut self, idx: u64, leaf: &[u8]) {
+        if self.gap {
+            return;
+        }
+        let expected = self.frontier.size();
+        if idx != expected {
+            self.report(
+                Some(expected),
+                format!("index {expected} is missing (next stored index is {idx})"),
+            );
+            self.gap = true;
+            return;
+        }
+        match Event::from_leaf(leaf) {
+            Ok(e) if e.index == expected && e.tenant == self.tenant => {}
+            Ok(e) => self.report(
+                Some(expected),
+                format!("leaf claims tenant {:?} index {}", e.tenant, e.index),
+            ),
+            Err(e) => self.report(Some(expected), format!("leaf does not decode: {e}")),
+        }
+        let lh = tlog::leaf_hash(leaf);
+        if self.nodes.get(&NodeId::new(0, expected)) != Some(&lh) {
+            self.report(
+                Some(expected),
+                "event payload does not match its stored leaf hash".into(),
+            );
+        }
+        self.frontier.append(lh);
+    }
+
+    /// Events checked so far.
+    #[must_use]
+    pub fn events(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    /// Ends the check of this tenant.
+    #[must_use]
+    pub fn finish(mut self) -> Vec<Finding> {
+        if !self.gap && self.frontier.size() != self.size {
+            let found = self.frontier.size();
+            self.report(
+                None,
+                format!("tenant head says {} events, {found} found", self.size),
+            );
+        }
+        let mut bad_nodes: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(id, hash)| {
+                id.level > 0 && {
+                    let l = self.nodes.get(&NodeId::new(id.level - 1, id.index * 2));
+                    let r = self.nodes.get(&NodeId::new(id.level - 1, id.index * 2 + 1));
+                    !matches!((l, r), (Some(l), Some(r)) if &tlog::node_hash(l, r) == *hash)
+                }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        bad_nodes.sort();
+        for id in bad_nodes {
+            self.report(
+                Some(id.index << id.level),
+                format!("tree node {id:?} does not match its children"),
+            );
+        }
+        if !self.gap
+            && self.frontier.size() == self.size
+            && self.frontier.root()[..] != self.root[..]
+        {
+            self.report(
+                None,
+                "stored root is not the root of the stored events".into(),
+            );
+        }
+        self.findings
+    }
+}
+
+/// Checks every tenant of a SQLite store; returns (events checked, findings).
 ///
 /// # Errors
 /// Database failures.
@@ -49,14 +175,6 @@ pub fn check(conn: &Connection) -> Result<(u64, Vec<Finding>), rusqlite::Error> 
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
         .collect::<Result<_, _>>()?;
     for (tenant_id, project, tenant, size, root) in tenants {
-        let mut report = |index: Option<u64>, problem: String| {
-            findings.push(Finding {
-                project: project.clone(),
-                tenant: tenant.clone(),
-                index,
-                problem,
-            });
-        };
         let nodes: HashMap<NodeId, Hash> = conn
             .prepare("SELECT level, idx, hash FROM tree_nodes WHERE tenant_id = ?1")?
             .query_map(params![tenant_id], |r| {
@@ -67,65 +185,16 @@ pub fn check(conn: &Connection) -> Result<(u64, Vec<Finding>), rusqlite::Error> 
                 ))
             })?
             .collect::<Result<_, _>>()?;
+        let mut check = TenantCheck::new(project, tenant, size as u64, root, nodes);
         let mut stmt =
             conn.prepare("SELECT idx, leaf FROM events WHERE tenant_id = ?1 ORDER BY idx")?;
         let mut rows = stmt.query(params![tenant_id])?;
-        let mut frontier = Frontier::empty();
         while let Some(row) = rows.next()? {
-            let idx: i64 = row.get(0)?;
             let leaf: Vec<u8> = row.get(1)?;
-            n_events += 1;
-            let expected = frontier.size();
-            if idx as u64 != expected {
-                report(
-                    Some(expected),
-                    format!("index {expected} is missing (next stored index is {idx})"),
-                );
-                break;
-            }
-            match Event::from_leaf(&leaf) {
-                Ok(e) if e.index == expected && e.tenant == tenant => {}
-                Ok(e) => report(
-                    Some(expected),
-                    format!("leaf claims tenant {:?} index {}", e.tenant, e.index),
-                ),
-                Err(e) => report(Some(expected), format!("leaf does not decode: {e}")),
-            }
-            let lh = tlog::leaf_hash(&leaf);
-            if nodes.get(&NodeId::new(0, expected)) != Some(&lh) {
-                report(
-                    Some(expected),
-                    "event payload does not match its stored leaf hash".into(),
-                );
-            }
-            frontier.append(lh);
+            check.event(row.get::<_, i64>(0)? as u64, &leaf);
         }
-        if frontier.size() != size as u64 {
-            report(
-                None,
-                format!("tenant head says {size} events, {} found", frontier.size()),
-            );
-        }
-        for (id, hash) in &nodes {
-            if id.level == 0 {
-                continue;
-            }
-            let l = nodes.get(&NodeId::new(id.level - 1, id.index * 2));
-            let r = nodes.get(&NodeId::new(id.level - 1, id.index * 2 + 1));
-            match (l, r) {
-                (Some(l), Some(r)) if &tlog::node_hash(l, r) == hash => {}
-                _ => report(
-                    Some(id.index << id.level),
-                    format!("tree node {id:?} does not match its children"),
-                ),
-            }
-        }
-        if frontier.size() == size as u64 && frontier.root()[..] != root[..] {
-            report(
-                None,
-                "stored root is not the root of the stored events".into(),
-            );
-        }
+        n_events += check.events();
+        findings.extend(check.finish());
     }
     Ok((n_events, findings))
 }

@@ -336,8 +336,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
         } => verify(&file, &key, proof, event, checkpoint),
         Command::Fsck { store } => {
             let config = load_config(&store, None)?;
-            let conn = open_admin(&config.sqlite_path())?;
-            let (n, findings) = trailkeep::fsck::check(&conn)?;
+            let (n, findings) = match config.postgres_url() {
+                Some(url) => runtime()?.block_on(async {
+                    let pool = trailkeep::store::postgres::pool(url)?;
+                    trailkeep::store::postgres::fsck(&pool).await
+                })?,
+                None => trailkeep::fsck::check(&open_admin(&config.sqlite_path())?)?,
+            };
             for f in &findings {
                 println!("{f}");
             }

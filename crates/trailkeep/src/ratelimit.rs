@@ -19,6 +19,17 @@ pub enum Credential {
     Jwt,
 }
 
+impl Credential {
+    /// The key under which shared stores keep this credential's state.
+    #[must_use]
+    pub fn shared_key(self) -> String {
+        match self {
+            Self::Key(id) => format!("key:{id}"),
+            Self::Jwt => "jwt".into(),
+        }
+    }
+}
+
 /// A GCRA limiter; `None` inside when limiting is off.
 pub struct RateLimiter {
     params: Option<(Duration, Duration)>,
@@ -47,6 +58,17 @@ impl RateLimiter {
             params,
             tat: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The GCRA emission interval and tolerance in microseconds, when on.
+    #[must_use]
+    pub fn params_us(&self) -> Option<(i64, i64)> {
+        self.params.map(|(i, t)| {
+            (
+                i64::try_from(i.as_micros()).unwrap_or(i64::MAX),
+                i64::try_from(t.as_micros()).unwrap_or(i64::MAX),
+            )
+        })
     }
 
     /// Admits one request, or returns the whole seconds to wait (at least 1).

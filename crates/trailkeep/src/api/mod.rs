@@ -83,6 +83,35 @@ impl AppState {
         }
     }
 
+    /// Charges one request to `who`: across every node when the store
+    /// shares rate-limit state (PostgreSQL), else in this process. A store
+    /// failure admits the request; the request then fails on its own.
+    ///
+    /// # Errors
+    /// The `Retry-After` seconds when over the limit.
+    pub async fn rate_check(&self, who: crate::ratelimit::Credential) -> Result<(), u64> {
+        let Some((interval, tolerance)) = self.rate.params_us() else {
+            return Ok(());
+        };
+        match self
+            .store
+            .shared_rate_limit(who.shared_key(), interval, tolerance)
+        {
+            Some(decision) => match decision.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(wait_us)) => Err(u64::try_from(wait_us)
+                    .unwrap_or(1)
+                    .div_ceil(1_000_000)
+                    .max(1)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared rate limit unavailable; admitting");
+                    Ok(())
+                }
+            },
+            None => self.rate.check(who),
+        }
+    }
+
     /// Resolves an API key to its project, caching briefly.
     ///
     /// # Errors

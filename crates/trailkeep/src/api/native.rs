@@ -182,8 +182,8 @@ async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, A
         .await?
         .ok_or_else(ApiError::unauthorized)?;
     if let Err(secs) = state
-        .rate
-        .check(crate::ratelimit::Credential::Key(p.key_id))
+        .rate_check(crate::ratelimit::Credential::Key(p.key_id))
+        .await
     {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -286,4 +286,16 @@ pub trait EventStore: Send + Sync {
     fn record_delivery(&self, id: i64, result: DeliveryResult) -> StoreFuture<'_, ()>;
     /// Woken after a commit that queued notifications.
     fn outbox_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
+    /// A GCRA decision shared by every node using this store: admit, or
+    /// the microseconds to wait. `None` when the store has no shared state
+    /// (one process owns an embedded store, so a local limiter is exact).
+    fn shared_rate_limit(
+        &self,
+        credential: String,
+        interval_us: i64,
+        tolerance_us: i64,
+    ) -> Option<StoreFuture<'_, Result<(), i64>>> {
+        let _ = (credential, interval_us, tolerance_us);
+        None
+    }
 }

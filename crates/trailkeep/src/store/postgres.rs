@@ -32,7 +32,10 @@ use crate::metrics::Metrics;
 use crate::model::Time;
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("sql/postgres_001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sql/postgres_001_init.sql"),
+    include_str!("sql/postgres_002_rate_limits.sql"),
+];
 /// Advisory lock held while migrating or bootstrapping (`b"trailk"`).
 const LOCK_KEY: i64 = 0x7472_6169_6c6b;
 /// How long the idempotency record of a request is honoured.
@@ -970,6 +973,52 @@ impl EventStore for PgStore {
     fn outbox_signal(&self) -> Arc<tokio::sync::Notify> {
         self.outbox.clone()
     }
+
+    fn shared_rate_limit(
+        &self,
+        credential: String,
+        interval_us: i64,
+        tolerance_us: i64,
+    ) -> Option<StoreFuture<'_, Result<(), i64>>> {
+        Some(Box::pin(async move {
+            let c = self.client().await?;
+            let now = Time::now().as_micros();
+            // Admit: move the credential's arrival time on, unless that
+            // would pass the tolerance. One statement, so nodes cannot race.
+            let admitted = c
+                .execute(
+                    "UPDATE rate_limits SET tat = GREATEST(tat, $2) + $3
+                     WHERE credential = $1 AND GREATEST(tat, $2) + $3 <= $2 + $4",
+                    &[&credential, &now, &interval_us, &tolerance_us],
+                )
+                .await
+                .map_err(pg_error)?;
+            if admitted == 1 {
+                return Ok(Ok(()));
+            }
+            let inserted = c
+                .execute(
+                    "INSERT INTO rate_limits (credential, tat) VALUES ($1, $2::bigint + $3::bigint) ON CONFLICT (credential) DO NOTHING",
+                    &[&credential, &now, &interval_us],
+                )
+                .await
+                .map_err(pg_error)?;
+            if inserted == 1 {
+                return Ok(Ok(()));
+            }
+            let tat: i64 = c
+                .query_one(
+                    "SELECT tat FROM rate_limits WHERE credential = $1",
+                    &[&credential],
+                )
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            Ok(Err(
+                (tat.max(now) + interval_us - (now + tolerance_us)).max(1)
+            ))
+        }))
+    }
 }
 
 /// Administration of projects, keys, webhooks and the shared signing key,
@@ -1259,4 +1308,69 @@ pub mod admin {
         .map_err(pg_error)?
         .map(|r| r.get(0)))
     }
+}
+
+/// `trailkeep fsck` on PostgreSQL: the same checks as on SQLite
+/// ([`crate::fsck::TenantCheck`]), reading events in chunks by index.
+///
+/// # Errors
+/// Database failures.
+pub async fn fsck(pool: &Pool) -> Result<(u64, Vec<crate::fsck::Finding>), StoreError> {
+    /// Events read per query.
+    const FSCK_CHUNK: i64 = 10_000;
+    let c = pool.get().await.map_err(pool_error)?;
+    let tenants = c
+        .query("SELECT t.id, p.name, t.name, t.size, t.root FROM tenants t JOIN projects p ON p.id = t.project_id ORDER BY t.id", &[])
+        .await
+        .map_err(pg_error)?;
+    let mut findings = Vec::new();
+    let mut n_events = 0;
+    for t in tenants {
+        let tenant_id: i64 = t.get(0);
+        let nodes: HashMap<NodeId, Hash> = c
+            .query(
+                "SELECT level, idx, hash FROM tree_nodes WHERE tenant_id = $1",
+                &[&tenant_id],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|r| {
+                let hash: Vec<u8> = r.get(2);
+                (
+                    NodeId::new(r.get::<_, i16>(0) as u8, r.get::<_, i64>(1) as u64),
+                    hash.as_slice().try_into().unwrap_or([0u8; 32]),
+                )
+            })
+            .collect();
+        let mut check = crate::fsck::TenantCheck::new(
+            t.get(1),
+            t.get(2),
+            t.get::<_, i64>(3) as u64,
+            t.get(4),
+            nodes,
+        );
+        let mut from = -1i64;
+        loop {
+            let rows = c
+                .query(
+                    "SELECT idx, leaf FROM events WHERE tenant_id = $1 AND idx > $2 ORDER BY idx LIMIT $3",
+                    &[&tenant_id, &from, &FSCK_CHUNK],
+                )
+                .await
+                .map_err(pg_error)?;
+            for r in &rows {
+                let idx: i64 = r.get(0);
+                let leaf: Vec<u8> = r.get(1);
+                check.event(idx as u64, &leaf);
+                from = idx;
+            }
+            if (rows.len() as i64) < FSCK_CHUNK {
+                break;
+            }
+        }
+        n_events += check.events();
+        findings.extend(check.finish());
+    }
+    Ok((n_events, findings))
 }

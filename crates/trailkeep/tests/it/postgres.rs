@@ -273,6 +273,26 @@ async fn three_nodes_share_one_log_without_forking() {
         &end.root,
     )
     .unwrap();
+    drop(nodes);
+
+    // fsck re-hashes the shared store, and catches an edited payload.
+    let (code, out, err) = run_cli(&["fsck", "--store", &url]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(err.contains("720 events re-hashed"), "{err}");
+    let pool = trailkeep::store::postgres::pool(&url).unwrap();
+    let c = pool.get().await.unwrap();
+    c.execute(
+        "UPDATE events SET leaf = convert_to(replace(convert_from(leaf, 'UTF8'), '\"u\"', '\"x\"'), 'UTF8')
+         WHERE idx = 3 AND tenant_id = (SELECT id FROM tenants WHERE name = 't1')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (code, out, _) = run_cli(&["fsck", "--store", &url]);
+    assert!(
+        code != 0 && out.contains("default/t1: index 3: event payload does not match"),
+        "{out}"
+    );
 }
 
 /// A TCP proxy to PostgreSQL that can cut every connection and refuse new
@@ -426,4 +446,38 @@ async fn a_database_outage_mid_load_loses_nothing_acknowledged() {
     for (id, index) in &acked {
         assert_eq!(stored.get(id), Some(index), "acknowledged event {id} lost");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_across_nodes() {
+    let Some(url) = fresh_schema().await else {
+        return;
+    };
+    let tune = |c: &mut trailkeep::config::Config| {
+        c.store = Some(url.clone());
+        c.rate_limit.requests_per_minute = 1;
+        c.rate_limit.burst = 2;
+    };
+    let a = TestServer::start_with(tune).await;
+    let b = TestServer::start_with(tune).await;
+    let ev = json!({"action": "a", "actor": {"id": "u"}});
+    assert_eq!(a.post("/v1/events", KEY, &ev).await.0, 201);
+    assert_eq!(b.post("/v1/events", KEY, &ev).await.0, 201);
+    // The key's burst is spent on two nodes together: a third node-hop is refused.
+    let res = a
+        .client
+        .post(format!("{}/v1/events", a.base))
+        .bearer_auth(KEY)
+        .json(&ev)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((59..=60).contains(&retry), "{retry}");
+    assert_eq!(b.post("/v1/events", KEY, &ev).await.0, 429);
 }

@@ -147,8 +147,8 @@ pub(crate) async fn authenticate_if(
         return Err(Failure::Unauthorized);
     }
     state
-        .rate
-        .check(Credential::Key(principal.key_id))
+        .rate_check(Credential::Key(principal.key_id))
+        .await
         .map_err(Failure::RateLimited)?;
     Ok(principal)
 }

@@ -156,7 +156,7 @@ fn verify_inner(token: &str, secret: &[u8], now_secs: i64) -> Result<Map<String,
 }
 
 /// Authenticates and rate-limits; returns the token's principal claim.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, Refusal> {
     let secret = state
         .config
         .dialects
@@ -179,8 +179,8 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, Re
     )
     .map_err(|InvalidJwt| Refusal::InvalidJwt)?;
     state
-        .rate
-        .check(Credential::Jwt)
+        .rate_check(Credential::Jwt)
+        .await
         .map_err(|s| Refusal::Other(Failure::RateLimited(s)))?;
     Ok(["sub", "id", "userId"]
         .iter()
@@ -242,7 +242,7 @@ async fn handle_create(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, Refusal> {
-    let principal = authorize(state, headers)?;
+    let principal = authorize(state, headers).await?;
     let (project, _) = state.tavivo_project.clone().ok_or(Refusal::Disabled)?;
     let (_, value) = json_body(&state.config, body).map_err(Failure::from)?;
     let limits = &state.config.limits;
@@ -352,7 +352,7 @@ async fn handle_list(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<Response, Refusal> {
-    authorize(state, headers)?;
+    authorize(state, headers).await?;
     let (project, _) = state.tavivo_project.clone().ok_or(Refusal::Disabled)?;
     let bad = |m: &str| {
         Refusal::Other(Failure::BadRequest {
