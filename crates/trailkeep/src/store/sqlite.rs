@@ -41,6 +41,9 @@ const FTS_CHUNK: i64 = 4096;
 const FTS_MAX_LAG: Duration = Duration::from_millis(200);
 /// Background WAL checkpoint period.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL frames (about 4 KiB each) beyond which the checkpointer forces the
+/// WAL to rewind: 16 384 frames is about 64 MiB.
+const WAL_RESTART_FRAMES: i64 = 16_384;
 
 type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
 
@@ -103,6 +106,8 @@ impl SqliteStore {
         let conn = open_admin(path)?;
         // The checkpointer thread owns checkpoints; the writer never blocks on one.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // When the writer rewinds the WAL it also truncates the file to this size.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.pragma_update(None, "cache_size", -32_000)?;
         let watermark: i64 = conn.query_row(
             "SELECT value FROM meta WHERE key = 'fts_watermark'",
@@ -250,8 +255,21 @@ fn run_checkpointer(path: &Path, stop: &AtomicBool) {
     let _ = conn.busy_timeout(Duration::from_secs(1));
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+        // (busy, frames in the WAL, frames copied back).
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        }) {
+            // Under constant writes a passive checkpoint never finds the WAL
+            // fully copied at a moment the writer could restart it, so the
+            // WAL would grow without bound; past the limit, a RESTART
+            // checkpoint briefly holds the writer back and lets it rewind.
+            Ok((frames, _)) if frames > WAL_RESTART_FRAMES => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL restart checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
     }
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
