@@ -20,7 +20,8 @@ pub struct Config {
     pub listen: String,
     /// Directory of the embedded store and the log signing key.
     pub data_dir: PathBuf,
-    /// Store URL: `sqlite://PATH`; default `sqlite://<data_dir>/trailkeep.db`.
+    /// Store URL: `sqlite://PATH` (default `sqlite://<data_dir>/trailkeep.db`) or
+    /// `postgres://USER@HOST/DB` (also from `DATABASE_URL`).
     pub store: Option<String>,
     /// Name of this log: the signing key name and the prefix of every
     /// checkpoint origin. No spaces or `+`.

@@ -5,8 +5,8 @@
 //! - [`model`]: the canonical [`model::Event`] and its leaf encoding.
 //! - [`ingest`]: limits and field validation shared by every dialect.
 //! - [`api`]: the HTTP router, the native API and the problem responses.
-//! - [`store`]: the [`store::EventStore`] contract and the SQLite store with
-//!   group commit.
+//! - [`store`]: the [`store::EventStore`] contract, the SQLite store with
+//!   group commit, and the PostgreSQL store for several nodes.
 //! - [`log`]: the checkpoint signing key.
 //! - [`export`]: export bundles and their offline verification.
 //! - [`fsck`]: offline re-hashing of a store against its stored trees.

@@ -29,7 +29,7 @@ struct StoreArgs {
     /// Data directory (env TRAILKEEP_DATA_DIR; default ./trailkeep-data).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
-    /// Store URL, sqlite://PATH (env TRAILKEEP_STORE).
+    /// Store URL, sqlite://PATH or postgres://USER@HOST/DB (env TRAILKEEP_STORE or DATABASE_URL).
     #[arg(long, global = true)]
     store: Option<String>,
 }
@@ -180,6 +180,13 @@ enum WebhooksCommand {
 enum KeyCommand {
     /// Print the verifier key in signed-note format.
     Public,
+    /// Print a new signing key for `log_signing_key` / TRAILKEEP_LOG_SIGNING_KEY
+    /// (the production choice for several nodes); keep it secret.
+    Generate {
+        /// Key name: the log name that starts every checkpoint origin.
+        #[arg(long, default_value = "trailkeep.local")]
+        name: String,
+    },
 }
 
 fn load_config(store: &StoreArgs, listen: Option<String>) -> anyhow::Result<Config> {
@@ -307,6 +314,15 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Command::Import { from, to } => {
             let summary = runtime()?.block_on(trailkeep::import::sqlite_to_postgres(&from, &to))?;
             eprintln!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key {
+            command: KeyCommand::Generate { name },
+            ..
+        } => {
+            let key = trailkeep::log::LogKey::generate(&name)?;
+            eprintln!("verifier key: {}", key.verifier());
+            println!("{}", key.to_private_key());
             Ok(ExitCode::SUCCESS)
         }
         Command::Key {

@@ -1,5 +1,7 @@
 //! Per-credential rate limiting with GCRA (one stored theoretical arrival
-//! time per credential). In memory and per process: a restart forgets it.
+//! time per credential). This limiter is in memory, per process; with
+//! PostgreSQL the same algorithm runs in the database so that a limit holds
+//! across nodes (`EventStore::shared_rate_limit`, `AppState::rate_check`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

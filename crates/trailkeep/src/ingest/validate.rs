@@ -99,6 +99,12 @@ impl<'a> Checker<'a> {
         match obj.get(field) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() && self.empty_as_absent => None,
+            Some(Value::String(s)) if s.contains('\0') => {
+                // PostgreSQL text cannot hold U+0000; refusing it everywhere
+                // keeps both stores answering the same.
+                self.fail(path, "invalid", "must not contain U+0000");
+                None
+            }
             Some(Value::String(s)) => {
                 if s.is_empty() {
                     self.fail(path, "empty", "must not be empty");

@@ -40,6 +40,9 @@ const MIGRATIONS: &[&str] = &[
 const LOCK_KEY: i64 = 0x7472_6169_6c6b;
 /// How long the idempotency record of a request is honoured.
 const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
+/// How long a node owns a claimed delivery before others may retry it;
+/// longer than any attempt's timeout.
+const DELIVERY_LEASE_MICROS: i64 = 120 * 1_000_000;
 /// Connections per node.
 const POOL_SIZE: usize = 16;
 /// How long a request waits for a connection before answering 503.
@@ -280,9 +283,21 @@ impl Writer {
 
         // 1. Idempotency: replay or refuse before anything is written.
         let mut outcomes: Vec<Option<AppendOutcome>> = Vec::with_capacity(jobs.len());
-        for job in &jobs {
+        // A key first used inside this batch: later jobs with the same key
+        // replay the first one's response (or conflict), as they would in
+        // separate transactions.
+        let mut new_keys: HashMap<(i64, String), (usize, [u8; 32])> = HashMap::new();
+        let mut dup_of: Vec<Option<usize>> = vec![None; jobs.len()];
+        for (job_idx, job) in jobs.iter().enumerate() {
             let mut outcome = None;
             if let Some((idem, _)) = &job.idempotency {
+                if let Some(&(first, hash)) = new_keys.get(&(job.project, idem.key.clone())) {
+                    if hash == idem.request_hash {
+                        dup_of[job_idx] = Some(first);
+                    }
+                    outcomes.push(Some(AppendOutcome::IdempotencyConflict));
+                    continue;
+                }
                 let row = tx
                     .query_opt(
                         "SELECT request_hash, status, response, created_at FROM idempotency WHERE project_id = $1 AND key = $2",
@@ -311,6 +326,12 @@ impl Writer {
                         .await
                         .map_err(pg_error)?;
                     }
+                }
+                if outcome.is_none() {
+                    new_keys.insert(
+                        (job.project, idem.key.clone()),
+                        (job_idx, idem.request_hash),
+                    );
                 }
             }
             outcomes.push(outcome);
@@ -475,6 +496,13 @@ impl Writer {
         tx.commit().await.map_err(pg_error)?;
         for (id, frontier) in heads.into_values() {
             self.frontiers.insert(id, frontier);
+        }
+        for (job_idx, first) in dup_of.iter().enumerate() {
+            if let Some(first) = *first
+                && let Some(AppendOutcome::Replayed(response)) = &outcomes[first]
+            {
+                outcomes[job_idx] = Some(AppendOutcome::Replayed(response.clone()));
+            }
         }
         Ok(outcomes
             .into_iter()
@@ -917,13 +945,20 @@ impl EventStore for PgStore {
     fn due_deliveries(&self, now: Time, limit: usize) -> StoreFuture<'_, Vec<Delivery>> {
         Box::pin(async move {
             let c = self.client().await?;
+            // Claim the rows with a lease so that the other nodes' delivery
+            // tasks skip them while this node tries; if this node dies, the
+            // lease runs out and another node retries (at least once).
+            let lease_until = now.as_micros() + DELIVERY_LEASE_MICROS;
             let rows = c
                 .query(
-                    "SELECT o.id, w.url, w.secret, o.msg_id, o.payload, o.attempts FROM webhook_outbox o
-                     JOIN webhooks w ON w.id = o.webhook_id
-                     WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND o.next_attempt_at <= $1
-                     ORDER BY o.next_attempt_at LIMIT $2",
-                    &[&now.as_micros(), &(limit as i64)],
+                    "WITH due AS (
+                         SELECT id FROM webhook_outbox
+                         WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1
+                         ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                     UPDATE webhook_outbox o SET next_attempt_at = $3 FROM due, webhooks w
+                     WHERE o.id = due.id AND w.id = o.webhook_id
+                     RETURNING o.id, w.url, w.secret, o.msg_id, o.payload, o.attempts",
+                    &[&now.as_micros(), &(limit as i64), &lease_until],
                 )
                 .await
                 .map_err(pg_error)?;

@@ -125,13 +125,24 @@ async fn idempotent_retry_returns_the_original_and_stores_once() {
     let batch = serde_json::to_vec(&json!({"events": [event("pay", "u")]})).unwrap();
     let (s4, _) = s.post_raw("/v1/events/batch", &headers, batch).await;
     assert_eq!(s4, 422);
+
+    // Concurrent retries with one new key (likely in one group commit):
+    // one event is stored and every retry gets its response.
+    let body = serde_json::to_vec(&event("race", "u")).unwrap();
+    let raced = [headers[0], ("idempotency-key", "k-race"), headers[2]];
+    let tries = (0..6).map(|_| s.post_raw("/v1/events", &raced, body.clone()));
+    let answers = futures_util::future::join_all(tries).await;
+    for (status, answer) in &answers {
+        assert_eq!((*status, answer), (201, &answers[0].1));
+    }
+    assert_eq!(s.list_all("", KEY).await.len(), 2);
 }
 
 async fn seed(s: &TestServer) {
     let events = json!({"events": [
         {"tenant": "a", "action": "user.login", "actor": {"id": "ann", "name": "Ann Lee"}, "result": "success", "tags": ["web"], "occurred_at": "2026-01-01T00:00:00Z", "metadata": {"plan": "gold"}},
         {"tenant": "a", "action": "user.logout", "actor": {"id": "ann"}, "result": "success", "occurred_at": "2026-01-02T00:00:00Z"},
-        {"tenant": "b", "action": "document.delete", "actor": {"id": "bob", "email": "bob@corp.example"}, "result": "failure", "targets": [{"id": "doc-9", "name": "Quarterly report"}], "tags": ["api", "web"], "occurred_at": "2026-01-03T00:00:00Z", "description": "tried to remove the report"},
+        {"tenant": "b", "action": "document.delete", "actor": {"id": "bob", "email": "bob@corp.example"}, "result": "failure", "targets": [{"id": "doc-9", "name": "Quarterly report"}], "tags": ["api", "web"], "occurred_at": "2026-01-03T00:00:00Z", "description": "tried to remove the report at the Café"},
         {"tenant": "b", "action": "userx.create", "actor": {"id": "cat"}, "occurred_at": "2026-01-04T00:00:00Z"}
     ]});
     let (status, res) = s.post("/v1/events/batch", KEY, &events).await;
@@ -183,6 +194,8 @@ async fn every_filter_selects_exactly_its_events() {
         ("q=gold", &["user.login"]),
         ("q=user.logout", &["user.logout"]),
         ("q=lee", &["user.login"]),
+        ("q=Café", &["document.delete"]),
+        ("q=cafe", &[]),
         ("q=nothing-like-this", &[]),
         ("tenant=b&tag=web&result=failure", &["document.delete"]),
         ("tenant=nobody", &[]),
@@ -348,6 +361,15 @@ async fn each_bad_input_class_gets_its_exact_error_and_stores_nothing() {
         )
         .await;
     problem(st, &b, 400, "too_deep");
+    let (st, b) = s
+        .post(
+            "/v1/events",
+            KEY,
+            &json!({"action": "a\u{0}b", "actor": {"id": "u"}}),
+        )
+        .await;
+    problem(st, &b, 422, "validation_failed");
+    assert_eq!(b["errors"][0]["field"], "/action");
     let (st, b) = s.post("/v1/events", KEY, &json!([1, 2])).await;
     problem(st, &b, 422, "validation_failed");
     let many = json!({

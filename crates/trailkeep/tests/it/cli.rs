@@ -137,3 +137,12 @@ fn webhooks_are_managed_offline() {
     let (code, _, err) = run_cli(&["webhooks", "remove", "1", "--data-dir", d]);
     assert!(code != 0 && err.contains("no webhook"), "{err}");
 }
+
+#[test]
+fn key_generate_prints_a_usable_signing_key() {
+    let (code, key, err) = run_cli(&["key", "generate", "--name", "log.example"]);
+    assert_eq!(code, 0, "{err}");
+    let key = trailkeep::log::LogKey::from_private_key(key.trim()).unwrap();
+    assert!(err.contains(&key.verifier().to_string()), "{err}");
+    assert!(key.verifier().to_string().starts_with("log.example+"));
+}

@@ -80,7 +80,9 @@ CREATE TABLE idempotency (
 
 -- Contentless full-text index; rowid = events.seq. Filled after commit by
 -- the writer (see fts_watermark), never in the acknowledgment path.
-CREATE VIRTUAL TABLE events_fts USING fts5 (body, content = '');
+-- Diacritics are kept (remove_diacritics 0) so that `q` means the same as
+-- on PostgreSQL, whose 'simple' configuration does not unaccent.
+CREATE VIRTUAL TABLE events_fts USING fts5 (body, content = '', tokenize = 'unicode61 remove_diacritics 0');
 
 CREATE TABLE meta (
     key    TEXT PRIMARY KEY,
