@@ -9,6 +9,7 @@ use super::StoreError;
 const SQLITE_MIGRATIONS: &[&str] = &[
     include_str!("sql/sqlite_001_init.sql"),
     include_str!("sql/sqlite_002_webhooks.sql"),
+    include_str!("sql/sqlite_003_actions.sql"),
 ];
 
 /// The schema version this build writes.

@@ -602,6 +602,9 @@ fn apply_job(
         "INSERT INTO events (id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
+    let mut insert_action = tx.prepare_cached(
+        "INSERT OR IGNORE INTO event_actions (project_id, action) VALUES (?1, ?2)",
+    )?;
     let mut insert_tag = tx.prepare_cached(
         "INSERT OR IGNORE INTO event_tags (project_id, tag, seq) VALUES (?1, ?2, ?3)",
     )?;
@@ -633,6 +636,7 @@ fn apply_job(
             leaf,
         ])?;
         let seq = tx.last_insert_rowid();
+        insert_action.execute(params![project, event.action])?;
         for tag in &event.tags {
             insert_tag.execute(params![project, tag, seq])?;
         }
@@ -704,7 +708,59 @@ fn fts_query(terms: &[String]) -> String {
         .join(" AND ")
 }
 
+/// Most distinct actions a prefix filter is split into; beyond it the
+/// prefix is answered by one range scan.
+const PREFIX_SPLIT_MAX: usize = 64;
+
+/// An action prefix matching few distinct actions is answered as one
+/// exact-action query per action (each an index scan in `seq` order that
+/// stops after `limit + 1` rows), merged by `seq`. A single range query
+/// would read every matching row and sort them.
+fn run_prefix_query(
+    conn: &Connection,
+    project: ProjectId,
+    q: &EventQuery,
+    prefix: &str,
+) -> Result<Option<Page>, StoreError> {
+    let actions: Vec<String> = conn
+        .prepare_cached("SELECT action FROM event_actions WHERE project_id = ?1 AND action >= ?2 AND action < ?3 LIMIT ?4")?
+        .query_map(params![project, prefix, format!("{prefix}\u{10FFFF}"), PREFIX_SPLIT_MAX as i64 + 1], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if actions.len() > PREFIX_SPLIT_MAX {
+        return Ok(None);
+    }
+    let mut events = Vec::new();
+    let mut more = false;
+    for action in actions {
+        let exact = EventQuery {
+            action: Some(action),
+            action_prefix: None,
+            ..q.clone()
+        };
+        let page = run_query(conn, project, &exact)?;
+        more |= page.next_before.is_some();
+        events.extend(page.events);
+    }
+    events.sort_by_key(|e| std::cmp::Reverse(e.seq));
+    more |= events.len() > q.limit;
+    events.truncate(q.limit);
+    let next_before = if more {
+        events.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(Some(Page {
+        events,
+        next_before,
+    }))
+}
+
 fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Page, StoreError> {
+    if let (Some(prefix), None) = (&q.action_prefix, &q.action)
+        && let Some(page) = run_prefix_query(conn, project, q, prefix)?
+    {
+        return Ok(page);
+    }
     let mut sql =
         String::from("SELECT seq, tenant_id, idx, leaf FROM events WHERE project_id = ?1");
     let mut args: Vec<rusqlite::types::Value> = vec![project.into()];

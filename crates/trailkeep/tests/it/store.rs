@@ -234,6 +234,20 @@ async fn check_store(store: Arc<dyn EventStore>, p1: i64, p2: i64, key_hash: [u8
         ["x3"]
     );
     assert_eq!(actions(&s.query(p2, q(|_| {})).await.unwrap()), ["y1"]);
+    // An action prefix pages by seq like any filter (SQLite splits it per action).
+    let prefix = |before| EventQuery {
+        action_prefix: Some("x".into()),
+        limit: 3,
+        before,
+        ..Default::default()
+    };
+    let first = s.query(p1, prefix(None)).await.unwrap();
+    assert_eq!(actions(&first), ["x4", "x3", "x2"]);
+    let rest = s.query(p1, prefix(first.next_before)).await.unwrap();
+    assert_eq!(
+        (actions(&rest), rest.next_before),
+        (vec!["x1".to_owned()], None)
+    );
     let page = s
         .query(
             p1,
