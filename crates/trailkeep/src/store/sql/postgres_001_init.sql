@@ -1,6 +1,5 @@
--- trailkeep PostgreSQL schema v1. See docs/design.md, "Schema (PostgreSQL)".
--- Every event-side key starts with the tenant or project, so sharding by
--- tenant (for example Citus distributing on tenant_id) needs no redesign.
+-- trailkeep PostgreSQL schema v1. See docs/design.md, "Schema (PostgreSQL)",
+-- and ARCHITECTURE.md, "Scale-out plan", for what sharding by tenant needs.
 CREATE TABLE projects (
     id          BIGSERIAL PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -28,9 +27,13 @@ CREATE TABLE tenants (
     UNIQUE (project_id, name)
 );
 
+-- The primary key leads with the tenant, and no unique constraint lacks
+-- it, so the table can be distributed by tenant_id. seq (commit order,
+-- from a sequence) and id (UUIDv7, made by the server) are unique by
+-- construction and only indexed.
 CREATE TABLE events (
-    seq          BIGSERIAL PRIMARY KEY,
-    id           UUID NOT NULL UNIQUE,
+    seq          BIGSERIAL NOT NULL,
+    id           UUID NOT NULL,
     project_id   BIGINT NOT NULL,
     tenant_id    BIGINT NOT NULL,
     idx          BIGINT NOT NULL,
@@ -40,8 +43,9 @@ CREATE TABLE events (
     result       TEXT,
     leaf         BYTEA NOT NULL,
     search       TSVECTOR NOT NULL,
-    UNIQUE (tenant_id, idx)
+    PRIMARY KEY (tenant_id, idx)
 );
+CREATE INDEX events_by_id ON events (id);
 CREATE INDEX events_by_project ON events (project_id, seq);
 CREATE INDEX events_by_actor ON events (project_id, actor_id, seq);
 CREATE INDEX events_by_action ON events (project_id, action text_pattern_ops, seq);
