@@ -27,6 +27,19 @@ const BATCH: usize = 64;
 /// Poll period when nothing wakes the worker.
 const POLL: Duration = Duration::from_secs(1);
 
+/// The body of every attempt to deliver one event's notification:
+/// `{"type":"event.notify","timestamp":"<received_at>","data":<leaf>}`.
+#[must_use]
+pub fn notification_payload(received_at: Time, leaf: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(leaf.len() + 80);
+    payload.extend_from_slice(
+        format!("{{\"type\":\"event.notify\",\"timestamp\":\"{received_at}\",\"data\":").as_bytes(),
+    );
+    payload.extend_from_slice(leaf);
+    payload.push(b'}');
+    payload
+}
+
 /// A new random signing secret.
 ///
 /// # Panics

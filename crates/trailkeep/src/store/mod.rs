@@ -186,6 +186,23 @@ pub struct TreeHead {
     pub root: Hash,
 }
 
+impl TreeHead {
+    /// A head from its stored columns.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupted`] for a negative size or a root that is not 32 bytes.
+    pub fn from_stored(tenant_id: i64, size: i64, root: &[u8]) -> Result<Self, StoreError> {
+        Ok(Self {
+            tenant_id,
+            size: u64::try_from(size)
+                .map_err(|_| StoreError::Corrupted("negative tree size".into()))?,
+            root: root
+                .try_into()
+                .map_err(|_| StoreError::Corrupted("tree root is not 32 bytes".into()))?,
+        })
+    }
+}
+
 /// A notification webhook of a project.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {

@@ -428,16 +428,7 @@ impl Writer {
                     rows.node(*tenant_id, id, hash);
                 }
                 if notify {
-                    let mut payload = Vec::with_capacity(leaf.len() + 80);
-                    payload.extend_from_slice(
-                        format!(
-                            "{{\"type\":\"event.notify\",\"timestamp\":\"{}\",\"data\":",
-                            event.received_at
-                        )
-                        .as_bytes(),
-                    );
-                    payload.extend_from_slice(&leaf);
-                    payload.push(b'}');
+                    let payload = crate::webhooks::notification_payload(event.received_at, &leaf);
                     outbox_rows.push((project, event.id.to_string(), payload));
                 }
                 rows.event(seq, project, *tenant_id, &event, leaf);
@@ -866,19 +857,8 @@ impl EventStore for PgStore {
                 )
                 .await
                 .map_err(pg_error)?;
-            row.map(|r| {
-                let root: Vec<u8> = r.get(2);
-                Ok(TreeHead {
-                    tenant_id: r.get(0),
-                    size: u64::try_from(r.get::<_, i64>(1))
-                        .map_err(|_| StoreError::Corrupted("negative size".into()))?,
-                    root: root
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupted("bad root".into()))?,
-                })
-            })
-            .transpose()
+            row.map(|r| TreeHead::from_stored(r.get(0), r.get(1), &r.get::<_, Vec<u8>>(2)))
+                .transpose()
         })
     }
 

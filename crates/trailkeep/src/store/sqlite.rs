@@ -647,16 +647,7 @@ fn apply_job(
             insert_node.execute(params![state.id, id.level, id.index as i64, &hash[..]])?;
         }
         if notify {
-            let mut payload = Vec::with_capacity(leaf.len() + 80);
-            payload.extend_from_slice(
-                format!(
-                    "{{\"type\":\"event.notify\",\"timestamp\":\"{}\",\"data\":",
-                    event.received_at
-                )
-                .as_bytes(),
-            );
-            payload.extend_from_slice(&leaf);
-            payload.push(b'}');
+            let payload = crate::webhooks::notification_payload(event.received_at, &leaf);
             tx.prepare_cached(
                 "INSERT INTO webhook_outbox (webhook_id, msg_id, payload, attempts, next_attempt_at, created_at)
                  SELECT id, ?1, ?2, 0, ?3, ?3 FROM webhooks WHERE project_id = ?4 AND deleted_at IS NULL",
@@ -900,18 +891,8 @@ impl EventStore for SqliteStore {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .optional()?;
-            row.map(|(tenant_id, size, root)| {
-                Ok(TreeHead {
-                    tenant_id,
-                    size: u64::try_from(size)
-                        .map_err(|_| StoreError::Corrupted("negative size".into()))?,
-                    root: root
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupted("bad root".into()))?,
-                })
-            })
-            .transpose()
+            row.map(|(tenant_id, size, root)| TreeHead::from_stored(tenant_id, size, &root))
+                .transpose()
         })
     }
 

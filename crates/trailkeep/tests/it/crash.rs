@@ -10,19 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{KEY, bin};
+use crate::support::{KEY, bin, free_port};
 
 const ROUNDS: usize = 5;
 const TENANTS: usize = 3;
 const CLIENTS: usize = 12;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn start(dir: &std::path::Path, port: u16) -> Child {
     let child = Command::new(bin())

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tlog::Checkpoint;
 
-use crate::support::{KEY, TestServer, bin, fresh_schema, run_cli};
+use crate::support::{KEY, TestServer, bin, free_port, fresh_schema, run_cli};
 
 fn hashes(v: &Value) -> Vec<tlog::Hash> {
     use base64::Engine as _;
@@ -87,14 +87,6 @@ async fn import_moves_an_embedded_store_with_its_proofs_intact() {
     assert_eq!(v.events, 16);
     let (_, c) = pg.get("/v1/tenants/even/consistency?from=15", KEY).await;
     tlog::verify_consistency(15, 16, &hashes(&c["hashes"]), &old.root, &v.checkpoint.root).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Node {

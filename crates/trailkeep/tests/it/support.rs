@@ -241,6 +241,15 @@ pub fn event(action: &str, actor: &str) -> Value {
     serde_json::json!({"action": action, "actor": {"id": actor}})
 }
 
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Path of the built binary.
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_trailkeep"))
