@@ -223,6 +223,9 @@ pub struct LoadResult {
     pub writer_cpu_secs: f64,
     /// Bytes the process sent to storage while measuring.
     pub storage_write_bytes: u64,
+    /// CPU seconds of the machine's `postgres` processes while measuring
+    /// (whoever they served).
+    pub postgres_cpu_secs: f64,
 }
 
 #[derive(Default)]
@@ -301,6 +304,7 @@ pub async fn run_load(addr: SocketAddr, spec: &LoadSpec, source: Source) -> io::
     let cpu_start = crate::sys::cpu_secs();
     let writer_start = crate::sys::thread_cpu_secs(WRITER_THREAD);
     let written_start = crate::sys::storage_write_bytes();
+    let postgres_start = crate::sys::processes_cpu_secs("postgres");
     let mut total = LoadResult::default();
     let mut last_done = measure_from;
     for task in tasks {
@@ -323,6 +327,10 @@ pub async fn run_load(addr: SocketAddr, spec: &LoadSpec, source: Source) -> io::
     total.cpu_secs = crate::sys::cpu_secs() - cpu_start;
     total.writer_cpu_secs = crate::sys::thread_cpu_secs(WRITER_THREAD) - writer_start;
     total.storage_write_bytes = crate::sys::storage_write_bytes().saturating_sub(written_start);
+    total.postgres_cpu_secs = crate::sys::processes_cpu_since(
+        &postgres_start,
+        &crate::sys::processes_cpu_secs("postgres"),
+    );
     total.secs = last_done.duration_since(measure_from).as_secs_f64();
     for l in &mut total.latencies_us {
         l.sort_unstable();

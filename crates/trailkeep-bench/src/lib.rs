@@ -8,11 +8,13 @@
 //! - [`http`]: the load generator, raw HTTP/1.1 keep-alive over tokio TCP.
 //! - [`server`]: trailkeep in process on a fresh data directory.
 //! - [`reads`]: reads at scale and `verify` throughput.
+//! - [`pg`]: trailkeep on PostgreSQL beside a COPY BINARY ceiling.
 //! - [`report`]: the summary JSON, its ratios and the printed table.
 
 pub mod ceilings;
 pub mod events;
 pub mod http;
+pub mod pg;
 pub mod reads;
 pub mod report;
 pub mod server;
@@ -74,6 +76,8 @@ pub struct Plan {
     pub fts_wait: Duration,
     /// Keep the reads phase's data directory for inspection.
     pub keep_data: bool,
+    /// The PostgreSQL to measure trailkeep on, or why not (`--no-postgres`).
+    pub postgres: Result<String, String>,
 }
 
 impl Plan {
@@ -98,6 +102,7 @@ impl Plan {
                 verify_time: secs(1),
                 fts_wait: secs(10),
                 keep_data: false,
+                postgres: Ok(pg::url_from_env()),
             },
             Mode::Quick => Self {
                 mode,
@@ -115,6 +120,7 @@ impl Plan {
                 verify_time: secs(3),
                 fts_wait: secs(300),
                 keep_data: false,
+                postgres: Ok(pg::url_from_env()),
             },
             Mode::Full => Self {
                 mode,
@@ -132,6 +138,7 @@ impl Plan {
                 verify_time: secs(10),
                 fts_wait: secs(900),
                 keep_data: false,
+                postgres: Ok(pg::url_from_env()),
             },
         }
     }
@@ -190,6 +197,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
             .into()
         })
         .collect();
+    let pg_inputs = (singles.clone(), batches.clone());
     let actor_reads: Vec<Arc<[u8]>> = (0..events::TEMPLATES)
         .map(|i| {
             http::get(
@@ -200,7 +208,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         })
         .collect();
 
-    eprintln!("[1/4] HTTP ceiling");
+    eprintln!("[1/5] HTTP ceiling");
     let ceiling = ceilings::start_http_ceiling().await?;
     let http_ceiling = http::run_load(
         ceiling.addr,
@@ -211,7 +219,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     ceiling.stop().await?;
     fail_on_errors("HTTP ceiling", &http_ceiling)?;
 
-    eprintln!("[2/4] durable-append ceiling");
+    eprintln!("[2/5] durable-append ceiling");
     let append_dir = tempfile::Builder::new()
         .prefix("trailkeep-bench-append-")
         .tempdir()?;
@@ -226,7 +234,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     };
     drop(append_dir);
 
-    eprintln!("[3/4] trailkeep ingest");
+    eprintln!("[3/5] trailkeep ingest");
     let tk = server::start().await?;
     let commits_0 = server::Commits::scrape(tk.addr).await?;
     sys::reset_peak_rss();
@@ -275,7 +283,18 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     let disk_bytes = sys::dir_bytes(dir.path());
     drop(dir);
 
-    eprintln!("[4/4] reads at scale ({} events)", plan.read_events);
+    let postgres = match &plan.postgres {
+        Ok(url) => {
+            eprintln!("[4/5] trailkeep ingest on PostgreSQL, COPY BINARY ceiling");
+            pg::run(plan, url, pg_inputs.0, pg_inputs.1).await?
+        }
+        Err(why) => {
+            eprintln!("[4/5] PostgreSQL skipped: {why}");
+            pg::skipped(why)
+        }
+    };
+
+    eprintln!("[5/5] reads at scale ({} events)", plan.read_events);
     let reads = reads::run(plan).await?;
 
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -306,6 +325,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         load_json(&http_ceiling, Kind::Write),
         append_json,
         trailkeep,
+        postgres,
         reads,
     ))
 }

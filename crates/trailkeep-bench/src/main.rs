@@ -1,19 +1,24 @@
-//! `trailkeep-bench --smoke | --quick | --full [--out PATH] [--keep-data]`: runs the
-//! benchmark, prints a table and writes the summary JSON (default
-//! `target/bench/summary.json` under the workspace root). `--keep-data`
-//! keeps the reads phase's data directory for inspection.
+//! `trailkeep-bench --smoke | --quick | --full [--out PATH] [--keep-data]
+//! [--no-postgres]`: runs the benchmark, prints a table and writes the
+//! summary JSON (default `target/bench/summary.json` under the workspace
+//! root). `--keep-data` keeps the reads phase's data directory for
+//! inspection. PostgreSQL (`TRAILKEEP_BENCH_POSTGRES_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/test`) is measured when reachable,
+//! unless `--no-postgres` is given.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use trailkeep_bench::{Mode, Plan};
 
-const USAGE: &str = "usage: trailkeep-bench --smoke | --quick | --full [--out PATH] [--keep-data]";
+const USAGE: &str =
+    "usage: trailkeep-bench --smoke | --quick | --full [--out PATH] [--keep-data] [--no-postgres]";
 
 fn main() -> anyhow::Result<()> {
     let mut mode = None;
     let mut out = None;
     let mut keep_data = false;
+    let mut no_postgres = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -21,6 +26,7 @@ fn main() -> anyhow::Result<()> {
             "--quick" => mode = Some(Mode::Quick),
             "--full" => mode = Some(Mode::Full),
             "--keep-data" => keep_data = true,
+            "--no-postgres" => no_postgres = true,
             "--out" => out = Some(PathBuf::from(args.next().context(USAGE)?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -40,10 +46,13 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| std::path::Path::new("."));
         root.join("target/bench/summary.json")
     });
-    let plan = Plan {
+    let mut plan = Plan {
         keep_data,
         ..Plan::new(mode)
     };
+    if no_postgres {
+        plan.postgres = Err("--no-postgres given".into());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

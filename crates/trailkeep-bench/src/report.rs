@@ -15,7 +15,14 @@ fn num(v: &Value, path: &[&str]) -> f64 {
 
 /// Assembles the summary from each phase's figures.
 #[must_use]
-pub fn summary(plan: &Plan, http: Value, append: Value, trailkeep: Value, reads: Value) -> Value {
+pub fn summary(
+    plan: &Plan,
+    http: Value,
+    append: Value,
+    trailkeep: Value,
+    postgres: Value,
+    reads: Value,
+) -> Value {
     let single_eps = num(&trailkeep, &["single", "events_per_s"]);
     let batch_eps = num(&trailkeep, &["batch", "events_per_s"]);
     let single_p99 = num(&trailkeep, &["single", "latency", "p99_ms"]);
@@ -28,7 +35,7 @@ pub fn summary(plan: &Plan, http: Value, append: Value, trailkeep: Value, reads:
         "single_vs_http": ratio(single_eps, num(&http, &["events_per_s"])),
         "batch_vs_append": ratio(batch_eps, num(&append, &["events_per_s"])),
         "verify_vs_sha256": ratio(num(&reads, &["verify", "events_per_s"]), num(&reads, &["sha256", "events_per_s"])),
-        "pg_batch_vs_copy": null,
+        "pg_batch_vs_copy": ratio(num(&postgres, &["batch", "events_per_s"]), num(&postgres, &["copy_ceiling", "events_per_s"])),
         "single_p99_vs_http_p99": ratio(single_p99, http_p99),
         "disk_vs_raw_json": ratio(disk, raw),
         "reads_disk_vs_raw_json": ratio(reads_disk, raw),
@@ -42,6 +49,7 @@ pub fn summary(plan: &Plan, http: Value, append: Value, trailkeep: Value, reads:
         "verify_ge_0_5_sha256": at_least("verify_vs_sha256", 0.5),
         "peak_rss_le_200_mib": rss.is_finite().then_some(rss <= 200.0),
         "disk_le_1_5x_raw_json": at_most("reads_disk_vs_raw_json", 1.5),
+        "pg_batch_ge_0_5_copy": at_least("pg_batch_vs_copy", 0.5),
     });
     json!({
         "mode": match plan.mode { Mode::Smoke => "smoke", Mode::Quick => "quick", Mode::Full => "full" },
@@ -58,6 +66,7 @@ pub fn summary(plan: &Plan, http: Value, append: Value, trailkeep: Value, reads:
         "http_ceiling": http,
         "append_ceiling": append,
         "trailkeep": trailkeep,
+        "postgres": postgres,
         "reads": reads,
         "ratios": ratios,
         "bars": bars,
@@ -101,6 +110,12 @@ pub fn table(s: &Value) -> String {
     let mut reads_row = t["mixed"]["reads"].clone();
     reads_row["events_per_s"] = reads_row["requests_per_s"].clone();
     row("trailkeep mixed reads (req/s)", &reads_row);
+    let pg = &s["postgres"];
+    if pg["available"] == true {
+        row("pg trailkeep single (64 conn)", &pg["single"]);
+        row("pg trailkeep batch x1000 (4 conn)", &pg["batch"]);
+        row("pg COPY BINARY x1000 (1 client)", &pg["copy_ceiling"]);
+    }
     let r = &s["reads"];
     row(
         &format!("bulk load x1000 ({} events)", r["events"]),
@@ -151,6 +166,37 @@ pub fn table(s: &Value) -> String {
         "durable-append ceiling: {} bytes to storage per event\n",
         fmt(&s["append_ceiling"]["storage_write_bytes_per_event"])
     ));
+    if pg["available"] == true {
+        for phase in ["single", "batch"] {
+            let p = &pg[phase];
+            let c = &p["group_commits"];
+            out.push_str(&format!(
+                "pg {phase}: {} group commits ({} events, {} ms each); postgres {} cores busy; {} WAL bytes per event\n",
+                fmt(&c["commits"]),
+                fmt(&c["events_per_commit"]),
+                fmt(&c["commit_ms_mean"]),
+                fmt(&p["postgres_cores_busy"]),
+                fmt(&p["wal_bytes_per_event"]),
+            ));
+        }
+        let c = &pg["copy_ceiling"];
+        out.push_str(&format!(
+            "pg COPY ceiling: {} rows per transaction (latency per transaction); postgres {} cores busy; {} WAL bytes per event\n",
+            c["rows_per_copy"],
+            fmt(&c["postgres_cores_busy"]),
+            fmt(&c["wal_bytes_per_event"]),
+        ));
+        out.push_str(&format!(
+            "pg disk per event: trailkeep {} B (events, tree_nodes, event_tags, event_targets), COPY table {} B\n",
+            fmt(&pg["disk"]["trailkeep_bytes_per_event"]),
+            fmt(&pg["disk"]["copy_bytes_per_event"]),
+        ));
+    } else {
+        out.push_str(&format!(
+            "PostgreSQL: not measured: {}\n",
+            pg["skipped"].as_str().unwrap_or("unknown reason")
+        ));
+    }
     out.push_str(&format!(
         "full-text catch-up after load: {} s\n",
         fmt(&r["fts_catchup_s"])
@@ -174,7 +220,7 @@ pub fn table(s: &Value) -> String {
         ("verify_vs_sha256", ">= 0.5"),
         ("reads_disk_vs_raw_json", "<= 1.5"),
         ("disk_vs_raw_json", "(ingest run)"),
-        ("pg_batch_vs_copy", "(no PostgreSQL yet)"),
+        ("pg_batch_vs_copy", ">= 0.5"),
     ] {
         out.push_str(&format!(
             "{key:<34} {:>9}   {bar}\n",

@@ -27,11 +27,21 @@ pub struct Running {
 /// # Errors
 /// When the store cannot be opened or the port bound.
 pub async fn start() -> anyhow::Result<Running> {
+    start_with(None).await
+}
+
+/// Like [`start`], with the store at `store` (for example a `postgres://`
+/// URL) instead of SQLite in the data directory.
+///
+/// # Errors
+/// When the store cannot be opened or the port bound.
+pub async fn start_with(store: Option<String>) -> anyhow::Result<Running> {
     let dir = tempfile::Builder::new()
         .prefix("trailkeep-bench-")
         .tempdir()?;
     let config = Config {
         data_dir: dir.path().to_owned(),
+        store,
         ..Config::default()
     };
     let server = trailkeep::Server::open(config, Some(API_KEY)).await?;

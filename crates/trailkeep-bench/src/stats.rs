@@ -64,6 +64,8 @@ pub fn load_json(r: &LoadResult, kind: Kind) -> Value {
         "cpu_cores_busy": if r.secs > 0.0 { r.cpu_secs / r.secs } else { 0.0 },
         "writer_cpu_secs": r.writer_cpu_secs,
         "writer_cores_busy": if r.secs > 0.0 { r.writer_cpu_secs / r.secs } else { 0.0 },
+        "postgres_cpu_secs": r.postgres_cpu_secs,
+        "postgres_cores_busy": if r.secs > 0.0 { r.postgres_cpu_secs / r.secs } else { 0.0 },
         "storage_write_bytes": r.storage_write_bytes,
         "storage_write_bytes_per_event": if r.events > 0 { Some(per_sec(r.storage_write_bytes, r.events as f64)) } else { None },
     })

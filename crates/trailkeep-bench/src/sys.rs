@@ -147,3 +147,38 @@ pub fn machine() -> serde_json::Value {
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
     })
 }
+
+/// CPU seconds used so far by every process named `comm`, by pid, for
+/// processes this user may read (for example the machine's PostgreSQL).
+#[must_use]
+pub fn processes_cpu_secs(comm: &str) -> std::collections::HashMap<u32, f64> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return std::collections::HashMap::new();
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(p.path().join("comm")).ok()?;
+            if name.trim_end() != comm {
+                return None;
+            }
+            let stat = std::fs::read_to_string(p.path().join("stat")).ok()?;
+            Some((pid, stat_cpu_secs(&stat)))
+        })
+        .collect()
+}
+
+/// CPU seconds the processes of `after` used since `before` (both from
+/// [`processes_cpu_secs`]); processes that exited in between are missed,
+/// processes started in between count whole.
+#[must_use]
+pub fn processes_cpu_since(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, secs)| (secs - before.get(pid).copied().unwrap_or(0.0)).max(0.0))
+        .sum()
+}
