@@ -146,12 +146,7 @@ pub async fn migrate(pool: &Pool) -> Result<i64, StoreError> {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(current).unwrap_or(0)) {
             let tx = client.transaction().await.map_err(pg_error)?;
             tx.batch_execute(sql).await.map_err(pg_error)?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                &[&(i as i64 + 1), &Time::now().as_micros()],
-            )
-            .await
-            .map_err(pg_error)?;
+            exec(&tx, "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)", &[&(i as i64 + 1), &Time::now().as_micros()]).await?;
             tx.commit().await.map_err(pg_error)?;
         }
         Ok(known)
@@ -298,13 +293,7 @@ impl Writer {
                     outcomes.push(Some(AppendOutcome::IdempotencyConflict));
                     continue;
                 }
-                let row = tx
-                    .query_opt(
-                        "SELECT request_hash, status, response, created_at FROM idempotency WHERE project_id = $1 AND key = $2",
-                        &[&job.project, &idem.key],
-                    )
-                    .await
-                    .map_err(pg_error)?;
+                let row = query(&tx, "SELECT request_hash, status, response, created_at FROM idempotency WHERE project_id = $1 AND key = $2", &[&job.project, &idem.key]).await?.into_iter().next();
                 if let Some(row) = row {
                     let created_at: i64 = row.get(3);
                     if now - created_at < IDEMPOTENCY_TTL_MICROS {
@@ -319,12 +308,12 @@ impl Writer {
                             AppendOutcome::IdempotencyConflict
                         });
                     } else {
-                        tx.execute(
+                        exec(
+                            &tx,
                             "DELETE FROM idempotency WHERE project_id = $1 AND key = $2",
                             &[&job.project, &idem.key],
                         )
-                        .await
-                        .map_err(pg_error)?;
+                        .await?;
                     }
                 }
                 if outcome.is_none() {
@@ -350,23 +339,17 @@ impl Writer {
         let projects: Vec<i64> = keys.iter().map(|k| k.0).collect();
         let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
         let empty_root: &[u8] = &tlog::empty_root();
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO tenants (project_id, name, size, root, created_at)
              SELECT p, n, 0, $3, $4 FROM unnest($1::bigint[], $2::text[]) AS t(p, n)
              ON CONFLICT (project_id, name) DO NOTHING",
             &[&projects, &names, &empty_root, &now],
         )
-        .await
-        .map_err(pg_error)?;
-        let rows = tx
-            .query(
-                "SELECT t.id, t.project_id, t.name, t.size FROM tenants t
+        .await?;
+        let rows = query(&tx, "SELECT t.id, t.project_id, t.name, t.size FROM tenants t
                  JOIN unnest($1::bigint[], $2::text[]) AS k(p, n) ON t.project_id = k.p AND t.name = k.n
-                 ORDER BY t.id FOR UPDATE OF t",
-                &[&projects, &names],
-            )
-            .await
-            .map_err(pg_error)?;
+                 ORDER BY t.id FOR UPDATE OF t", &[&projects, &names]).await?;
         let mut heads: HashMap<(i64, String), (i64, Frontier)> = HashMap::new();
         for row in rows {
             let (id, project, name, size): (i64, i64, String, i64) =
@@ -388,9 +371,7 @@ impl Writer {
             .map(|(j, _)| j.events.len() as i64)
             .sum();
         let seqs: Vec<i64> = if n_new > 0 {
-            tx.query("SELECT nextval(pg_get_serial_sequence('events', 'seq')) FROM generate_series(1, $1::bigint)", &[&n_new])
-                .await
-                .map_err(pg_error)?
+            query(&tx, "SELECT nextval(pg_get_serial_sequence('events', 'seq')) FROM generate_series(1, $1::bigint)", &[&n_new]).await?
                 .iter()
                 .map(|r| r.get(0))
                 .collect()
@@ -459,31 +440,25 @@ impl Writer {
         // 4. Write everything, then the new heads, then commit.
         rows.write(&tx).await?;
         for (project, key, hash, status, body) in &idem_rows {
-            tx.execute(
-                "INSERT INTO idempotency (project_id, key, request_hash, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[project, key, hash, status, body, &now],
-            )
-            .await
-            .map_err(pg_error)?;
+            exec(&tx, "INSERT INTO idempotency (project_id, key, request_hash, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)", &[project, key, hash, status, body, &now]).await?;
         }
         for (project, msg_id, payload) in &outbox_rows {
-            tx.execute(
-                "INSERT INTO webhook_outbox (webhook_id, msg_id, payload, attempts, next_attempt_at, created_at)
-                 SELECT id, $1, $2, 0, $3, $3 FROM webhooks WHERE project_id = $4 AND deleted_at IS NULL",
-                &[msg_id, payload, &now, project],
-            )
-            .await
-            .map_err(pg_error)?;
+            exec(&tx, "INSERT INTO webhook_outbox (webhook_id, msg_id, payload, attempts, next_attempt_at, created_at)
+                 SELECT id, $1, $2, 0, $3, $3 FROM webhooks WHERE project_id = $4 AND deleted_at IS NULL", &[msg_id, payload, &now, project]).await?;
         }
+        let (mut ids, mut sizes, mut roots) = (Vec::new(), Vec::new(), Vec::new());
         for (id, frontier) in heads.values() {
-            let root: &[u8] = &frontier.root();
-            tx.execute(
-                "UPDATE tenants SET size = $1, root = $2 WHERE id = $3",
-                &[&(frontier.size() as i64), &root, id],
-            )
-            .await
-            .map_err(pg_error)?;
+            ids.push(*id);
+            sizes.push(frontier.size() as i64);
+            roots.push(frontier.root().to_vec());
         }
+        exec(
+            &tx,
+            "UPDATE tenants t SET size = u.size, root = u.root
+             FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(id, size, root) WHERE t.id = u.id",
+            &[&ids, &sizes, &roots],
+        )
+        .await?;
         tx.commit().await.map_err(pg_error)?;
         for (id, frontier) in heads.into_values() {
             self.frontiers.insert(id, frontier);
@@ -500,6 +475,27 @@ impl Writer {
             .map(|o| o.expect("every job has an outcome"))
             .collect())
     }
+}
+
+/// Runs a statement prepared once per connection (deadpool caches it), so
+/// each call is one round trip instead of a parse and an execute.
+async fn exec(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let stmt = tx.prepare_cached(sql).await.map_err(pg_error)?;
+    tx.execute(&stmt, params).await.map_err(pg_error)
+}
+
+/// As [`exec`], for queries.
+async fn query(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let stmt = tx.prepare_cached(sql).await.map_err(pg_error)?;
+    tx.query(&stmt, params).await.map_err(pg_error)
 }
 
 /// Columns of a batch, inserted with one `unnest` statement per table.
@@ -581,20 +577,16 @@ impl EventRows {
         if self.seq.is_empty() {
             return Ok(());
         }
-        tx.execute(
-            "INSERT INTO events (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf, search)
+        exec(tx, "INSERT INTO events (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf, search)
              SELECT s, i, p, t, x, o, a, ac, r, l, to_tsvector('simple', q)
              FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
                          $7::text[], $8::text[], $9::text[], $10::bytea[], $11::text[])
-                  AS u(s, i, p, t, x, o, a, ac, r, l, q)",
-            &[
+                  AS u(s, i, p, t, x, o, a, ac, r, l, q)", &[
                 &self.seq, &self.id, &self.project, &self.tenant, &self.idx, &self.occurred_at, &self.action, &self.actor,
                 &self.result, &self.leaf, &self.search,
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
-        tx.execute(
+            ]).await?;
+        exec(
+            tx,
             "INSERT INTO tree_nodes (tenant_id, level, idx, hash)
              SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $4::bytea[])",
             &[
@@ -604,23 +596,12 @@ impl EventRows {
                 &self.node_hash,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
         if !self.tag.is_empty() {
-            tx.execute(
-                "INSERT INTO event_tags (project_id, tag, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])",
-                &[&self.tag_project, &self.tag, &self.tag_seq],
-            )
-            .await
-            .map_err(pg_error)?;
+            exec(tx, "INSERT INTO event_tags (project_id, tag, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])", &[&self.tag_project, &self.tag, &self.tag_seq]).await?;
         }
         if !self.target.is_empty() {
-            tx.execute(
-                "INSERT INTO event_targets (project_id, target_id, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])",
-                &[&self.target_project, &self.target, &self.target_seq],
-            )
-            .await
-            .map_err(pg_error)?;
+            exec(tx, "INSERT INTO event_targets (project_id, target_id, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])", &[&self.target_project, &self.target, &self.target_seq]).await?;
         }
         Ok(())
     }
