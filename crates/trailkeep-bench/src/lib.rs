@@ -128,7 +128,7 @@ impl Plan {
                 phase: secs(30),
                 max_requests: 20_000_000,
                 append_events: 5_000_000,
-                read_events: 1_000_000,
+                read_events: 10_000_000,
                 load_time: secs(3600),
                 read_samples: 1000,
                 read_time: secs(30),
