@@ -9,11 +9,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Upper bound of `limits.max_short_field` (see `Config::validate`).
+const MAX_SHORT_FIELD: usize = 512;
+
 /// Environment variables that are read but are not config keys.
 const NON_KEY_VARS: &[&str] = &["TRAILKEEP_API_KEY", "TRAILKEEP_CONFIG", "TRAILKEEP_LOG"];
 
-/// The whole server configuration.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole server configuration. Its `Debug` hides the password of a
+/// PostgreSQL URL; secrets have [`Secret`]'s redacting `Debug`.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on (`TRAILKEEP_LISTEN`; `PORT` alone means `0.0.0.0:PORT`).
@@ -42,6 +46,45 @@ pub struct Config {
     pub geoip: GeoIpConfig,
     /// Notification webhook delivery.
     pub webhooks: WebhooksConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("store", &self.store.as_deref().map(redact_url))
+            .field("log_name", &self.log_name)
+            .field("log_signing_key", &self.log_signing_key)
+            .field("limits", &self.limits)
+            .field("commit", &self.commit)
+            .field("rate_limit", &self.rate_limit)
+            .field("dialects", &self.dialects)
+            .field("geoip", &self.geoip)
+            .field("webhooks", &self.webhooks)
+            .finish()
+    }
+}
+
+/// A store URL with any password replaced by `***`.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let sep = if tail.is_empty() && !rest.contains('/') {
+                ""
+            } else {
+                "/"
+            };
+            format!("{scheme}://{user}:***@{host}{sep}{tail}")
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// A secret string whose `Debug` never shows it.
@@ -132,6 +175,10 @@ pub struct WebhooksConfig {
     pub backoff_max_ms: u64,
     /// Timeout of one attempt.
     pub timeout_ms: u64,
+    /// Let API keys register webhooks on loopback, private and link-local
+    /// addresses (refused by default: any key holder could otherwise make
+    /// the server POST into its own network).
+    pub allow_private_targets: bool,
 }
 
 impl Default for WebhooksConfig {
@@ -143,6 +190,7 @@ impl Default for WebhooksConfig {
             backoff_base_ms: 5000,
             backoff_max_ms: 6 * 3_600_000,
             timeout_ms: 15_000,
+            allow_private_targets: false,
         }
     }
 }
@@ -231,7 +279,7 @@ impl Default for CommitConfig {
 }
 
 /// Flags given on the command line; they override everything else.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Overrides {
     /// `--config`.
     pub config_file: Option<PathBuf>,
@@ -241,6 +289,17 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--store`.
     pub store: Option<String>,
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("config_file", &self.config_file)
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("store", &self.store.as_deref().map(redact_url))
+            .finish()
+    }
 }
 
 /// The environment variable that sets config key `key` (`a.b_c` → `TRAILKEEP_A__B_C`).
@@ -313,7 +372,18 @@ impl Config {
                 warnings.push(format!("ignoring unknown environment variable {name}"));
                 continue;
             }
-            insert_path(&mut table, &path, parse_env_value(value));
+            // Secrets stay strings whatever they look like, so a type error
+            // can never echo one.
+            let secret = matches!(
+                path.last().map(String::as_str),
+                Some("jwt_secret" | "log_signing_key")
+            );
+            let value = if secret {
+                toml::Value::String(value.clone())
+            } else {
+                parse_env_value(value)
+            };
+            insert_path(&mut table, &path, value);
         }
         let mut config: Self = Self::deserialize(toml::Value::Table(table)).map_err(|e| {
             let msg = e.to_string();
@@ -399,6 +469,14 @@ impl Config {
                 return Err(bad(key, &format!("must be at least {min}")));
             }
         }
+        // Identifier-like fields are indexed (B-tree keys); 512 characters
+        // of UTF-8 stay under PostgreSQL's ~2.7 KB index-row limit.
+        if l.max_short_field > MAX_SHORT_FIELD {
+            return Err(bad(
+                "limits.max_short_field",
+                &format!("must be at most {MAX_SHORT_FIELD}"),
+            ));
+        }
         Ok(())
     }
 
@@ -461,6 +539,7 @@ const KNOWN_KEYS: &[&[&str]] = &[
     &["webhooks", "backoff_base_ms"],
     &["webhooks", "backoff_max_ms"],
     &["webhooks", "timeout_ms"],
+    &["webhooks", "allow_private_targets"],
 ];
 
 fn is_known_key(path: &[String]) -> bool {
@@ -536,6 +615,31 @@ mod tests {
             warnings,
             vec!["ignoring unknown environment variable TRAILKEEP_BOGUS".to_owned()]
         );
+    }
+
+    #[test]
+    fn secrets_stay_strings_and_urls_are_redacted() {
+        let (c, _) = Config::load(
+            &Overrides::default(),
+            &env(&[
+                ("JWT_SECRET", "123456"),
+                ("TRAILKEEP_STORE", "postgres://u:hunter2@db/x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.dialects.tavivo.jwt_secret.as_deref(), Some("123456"));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("123456"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://u:***@db/x"), "{shown}");
+        let err = Config::load(
+            &Overrides::default(),
+            &env(&[("TRAILKEEP_LIMITS__MAX_SHORT_FIELD", "4096")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("at most 512"), "{err}");
     }
 
     #[test]

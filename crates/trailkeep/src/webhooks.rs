@@ -40,6 +40,58 @@ pub fn notification_payload(received_at: Time, leaf: &[u8]) -> Vec<u8> {
     payload
 }
 
+/// True for addresses inside the machine or its private networks:
+/// loopback, RFC 1918, link-local (cloud metadata), CGNAT, unspecified,
+/// and IPv6 unique-local.
+#[must_use]
+pub fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_private(std::net::IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Resolves a webhook URL's host and refuses private targets.
+///
+/// # Errors
+/// A message for the caller when the URL is invalid, does not resolve, or
+/// points at a private address.
+pub async fn check_target(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| "must be an http or https URL".to_owned())?;
+    let host = parsed
+        .host_str()
+        .ok_or("must name a host")?
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_owned();
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|_| format!("host {host} does not resolve"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("host {host} does not resolve"));
+    }
+    if addrs.iter().any(|a| is_private(a.ip())) {
+        return Err("points at a loopback, private or link-local address (set webhooks.allow_private_targets to allow)".into());
+    }
+    Ok(())
+}
+
 /// A new random signing secret.
 ///
 /// # Panics
@@ -185,6 +237,28 @@ fn jitter(ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111", "100.128.0.1"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
 
     #[test]
     fn signature_matches_the_standard_webhooks_reference() {

@@ -240,6 +240,20 @@ pub async fn append(
     idempotency: Option<Idempotency>,
     render: impl Fn(&[Receipt]) -> StoredResponse + Send + Sync + Clone + 'static,
 ) -> Result<StoredResponse, AppendError> {
+    let nul: Vec<Violation> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            e.nul_in_indexed_text().map(|field| Violation {
+                field: format!("/events/{i}/{}", field.replace('.', "/")),
+                code: "invalid",
+                message: "must not contain U+0000".into(),
+            })
+        })
+        .collect();
+    if !nul.is_empty() {
+        return Err(AppendError::Invalid(nul));
+    }
     let job = AppendJob {
         project,
         events,
@@ -261,12 +275,15 @@ pub enum AppendError {
     Store(crate::store::StoreError),
     /// The idempotency key was used with a different request.
     IdempotencyConflict,
+    /// A field holds text no store can index.
+    Invalid(Vec<Violation>),
 }
 
 impl From<AppendError> for ApiError {
     fn from(e: AppendError) -> Self {
         match e {
             AppendError::Store(e) => e.into(),
+            AppendError::Invalid(v) => ApiError::validation(v),
             AppendError::IdempotencyConflict => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
@@ -405,6 +422,11 @@ fn parse_query(params: &HashMap<String, String>, max_page: usize) -> Result<Even
                     KNOWN.join(", ")
                 ),
             );
+        }
+    }
+    for (k, v) in params {
+        if v.contains('\0') {
+            bad(k, "invalid", "must not contain U+0000".into());
         }
     }
     let mut q = EventQuery {
@@ -1065,6 +1087,13 @@ async fn create_webhook(
         "description",
         state.config.limits.max_text_field,
     );
+    if let Some(u) = url
+        .as_deref()
+        .filter(|_| c.violations.is_empty() && !state.config.webhooks.allow_private_targets)
+        && let Err(why) = crate::webhooks::check_target(u).await
+    {
+        c.fail("url", "forbidden_target", why);
+    }
     let url = c.finish(url).map_err(ApiError::validation)?;
     let hook = state
         .store

@@ -203,6 +203,27 @@ impl Event {
         serde_json::from_slice(leaf)
     }
 
+    /// The first indexed text field holding U+0000, which PostgreSQL `text`
+    /// columns refuse (tenant, action, actor id, tags, target ids); checked
+    /// before any append so both stores refuse the same input.
+    #[must_use]
+    pub fn nul_in_indexed_text(&self) -> Option<&'static str> {
+        let has = |s: &str| s.contains('\0');
+        if has(&self.tenant) {
+            Some("tenant")
+        } else if has(&self.action) {
+            Some("action")
+        } else if has(&self.actor.id) {
+            Some("actor.id")
+        } else if self.tags.iter().any(|t| has(t)) {
+            Some("tags")
+        } else if self.targets.iter().any(|t| has(&t.id)) {
+            Some("targets.id")
+        } else {
+            None
+        }
+    }
+
     /// The text indexed for full-text search: action, description, actor
     /// name and email, target ids and names, and metadata string values.
     #[must_use]

@@ -293,6 +293,15 @@ impl Writer {
                     outcomes.push(Some(AppendOutcome::IdempotencyConflict));
                     continue;
                 }
+                // Serializes one key across nodes until this batch commits, so a
+                // second node waits and then sees the first node's record.
+                let lock_key = format!("{}:{}", job.project, idem.key);
+                exec(
+                    &tx,
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    &[&lock_key],
+                )
+                .await?;
                 let row = query(&tx, "SELECT request_hash, status, response, created_at FROM idempotency WHERE project_id = $1 AND key = $2", &[&job.project, &idem.key]).await?.into_iter().next();
                 if let Some(row) = row {
                     let created_at: i64 = row.get(3);

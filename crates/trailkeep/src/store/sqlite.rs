@@ -126,6 +126,7 @@ impl SqliteStore {
             fts_watermark: watermark,
             last_fts: Instant::now(),
             outbox: outbox.clone(),
+            broken: false,
         };
         let alive = writer_alive.clone();
         let writer = std::thread::Builder::new()
@@ -354,6 +355,8 @@ struct Writer {
     fts_watermark: i64,
     last_fts: Instant,
     outbox: Arc<tokio::sync::Notify>,
+    /// Set when the connection can no longer promise durable commits.
+    broken: bool,
 }
 
 impl Writer {
@@ -361,7 +364,7 @@ impl Writer {
         // Events committed before a crash may not be searchable yet.
         self.index_fts_until_done();
         let mut pending: Option<Queued> = None;
-        loop {
+        while !self.broken {
             let first = match pending.take() {
                 Some(q) => q,
                 None => match rx.recv_timeout(FTS_MAX_LAG) {
@@ -399,7 +402,9 @@ impl Writer {
                 self.index_fts_chunk();
             }
         }
-        self.index_fts_until_done();
+        if !self.broken {
+            self.index_fts_until_done();
+        }
     }
 
     fn commit_batch(&mut self, batch: Vec<Queued>, n_events: usize) {
@@ -408,6 +413,7 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         let mut staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
         let notified = batch.iter().any(|q| q.job.notify);
+        let mut failed_keys: Vec<(ProjectId, String)> = Vec::new();
         let outcome = (|| -> Result<(), StoreError> {
             let tx = self
                 .conn
@@ -417,6 +423,11 @@ impl Writer {
                 replies.push(reply);
                 tx.execute_batch("SAVEPOINT job")?;
                 let mut job_staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
+                let keys: Vec<(ProjectId, String)> = job
+                    .events
+                    .iter()
+                    .map(|e| (job.project, e.tenant.clone()))
+                    .collect();
                 match apply_job(&tx, &self.tenants, &staged, &mut job_staged, job, now) {
                     Ok(outcome) => {
                         tx.execute_batch("RELEASE job")?;
@@ -425,6 +436,9 @@ impl Writer {
                     }
                     Err(e) => {
                         tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                        // A failed job may mean the cached head is stale (another
+                        // process wrote the file): reload those tenants next time.
+                        failed_keys.extend(keys);
                         results.push(Err(e));
                     }
                 }
@@ -445,6 +459,10 @@ impl Writer {
         })();
         match outcome {
             Ok(()) => {
+                for key in &failed_keys {
+                    self.tenants.remove(key);
+                    staged.remove(key);
+                }
                 self.tenants.extend(staged);
                 self.metrics.observe_commit(n_events, started.elapsed());
                 if notified {
@@ -465,7 +483,7 @@ impl Writer {
     }
 
     fn index_fts_until_done(&mut self) {
-        while self.index_fts_chunk() == FTS_CHUNK {}
+        while !self.broken && self.index_fts_chunk() == FTS_CHUNK {}
     }
 
     /// Indexes up to [`FTS_CHUNK`] committed events; returns how many.
@@ -509,7 +527,10 @@ impl Writer {
             Ok(n)
         })();
         if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
-            tracing::error!(error = %e, "cannot restore synchronous=FULL");
+            // Acknowledging without fsync would break the durability
+            // contract: stop the writer instead; appends then fail with 503.
+            tracing::error!(error = %e, "cannot restore synchronous=FULL; stopping the writer");
+            self.broken = true;
         }
         match res {
             Ok(n) => n,

@@ -818,3 +818,36 @@ async fn logzab_tag_arrays_and_empty_optional_members() {
         "a non-object body is a 400, not a 401"
     );
 }
+
+#[tokio::test]
+async fn actor_keys_that_collide_with_canonical_ones_do_not_break_the_leaf() {
+    let s = TestServer::start().await;
+    let mut body: Value = serde_json::from_str(&LOGZAB_CURL.replace("KEY", KEY)).unwrap();
+    body["actor"]["id"] = json!("other-id");
+    body["actor"]["type"] = json!("robot");
+    body["actor"]["email"] = json!("john@example.com");
+    let (st, res) = s.post("/v1/addTrail", KEY, &body).await;
+    assert_eq!(st, 200, "{res}");
+    let id = res["data"]["id"].as_str().unwrap().to_owned();
+    let (st, proof) = s.get(&format!("/v1/events/{id}/proof"), KEY).await;
+    assert_eq!(st, 200, "the stored leaf decodes: {proof}");
+    let e = native_latest(&s).await;
+    assert_eq!(
+        (e["actor"]["id"].as_str(), e["actor"]["email"].as_str()),
+        (Some("4123"), Some("john@example.com"))
+    );
+    let h = [JSON, ("token", KEY), ("organization", "default")];
+    let loghub = LOGHUB_EXAMPLE.replace(
+        r#""internal_id":"1""#,
+        r#""internal_id":"1","id":"x","type":"admin""#,
+    );
+    let (st, res) = s.post_raw("/v1/event", &h, loghub).await;
+    assert_eq!(st, 200, "{res}");
+    let (st, _) = s
+        .get(
+            &format!("/v1/events/{}/proof", res["data"]["id"].as_str().unwrap()),
+            KEY,
+        )
+        .await;
+    assert_eq!(st, 200);
+}

@@ -419,3 +419,36 @@ async fn postgres_store_conformance() {
     )
     .await;
 }
+
+#[test]
+fn a_sqlite_store_newer_than_this_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    drop(trailkeep::store::sqlite::open_admin(&db).unwrap());
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let err = trailkeep::store::sqlite::open_admin(&db).expect_err("a newer schema is refused");
+    assert!(err.to_string().contains("refusing to downgrade"), "{err}");
+}
+
+#[tokio::test]
+async fn a_postgres_schema_newer_than_this_build_is_refused() {
+    let Some(url) = fresh_schema().await else {
+        return;
+    };
+    let pool = trailkeep::store::postgres::pool(&url).unwrap();
+    trailkeep::store::postgres::migrate(&pool).await.unwrap();
+    let c = pool.get().await.unwrap();
+    c.execute(
+        "INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let err = trailkeep::store::postgres::migrate(&pool)
+        .await
+        .expect_err("a newer schema is refused");
+    assert!(err.to_string().contains("refusing to downgrade"), "{err}");
+}

@@ -94,7 +94,11 @@ fn notify_event(action: &str) -> Value {
 #[tokio::test]
 async fn signed_notification_is_retried_until_the_receiver_accepts() {
     let (url, rx, _task) = receiver(2).await;
-    let s = TestServer::start_with(|c| c.webhooks.backoff_base_ms = 100).await;
+    let s = TestServer::start_with(|c| {
+        c.webhooks.backoff_base_ms = 100;
+        c.webhooks.allow_private_targets = true;
+    })
+    .await;
     let secret = add_hook(&s, &url).await;
     let (st, listed) = s.get("/v1/webhooks", KEY).await;
     assert_eq!(st, 200);
@@ -135,7 +139,11 @@ async fn signed_notification_is_retried_until_the_receiver_accepts() {
 #[tokio::test]
 async fn a_restart_between_attempts_still_delivers() {
     let (url, rx, _task) = receiver(1).await;
-    let s = TestServer::start_with(|c| c.webhooks.backoff_base_ms = 1500).await;
+    let s = TestServer::start_with(|c| {
+        c.webhooks.backoff_base_ms = 1500;
+        c.webhooks.allow_private_targets = true;
+    })
+    .await;
     let secret = add_hook(&s, &url).await;
     // An event without notify, and one with, to a project that has a webhook.
     let (st, _) = s
@@ -150,7 +158,11 @@ async fn a_restart_between_attempts_still_delivers() {
     assert_eq!(st, 200);
     wait_for(&rx, 1).await;
     let dir = s.stop().await;
-    let s = TestServer::start_in(dir, |c| c.webhooks.backoff_base_ms = 1500).await;
+    let s = TestServer::start_in(dir, |c| {
+        c.webhooks.backoff_base_ms = 1500;
+        c.webhooks.allow_private_targets = true;
+    })
+    .await;
     wait_for(&rx, 2).await;
     {
         let attempts = rx.attempts.lock().unwrap();
@@ -195,6 +207,20 @@ async fn a_restart_between_attempts_still_delivers() {
 #[tokio::test]
 async fn webhook_urls_are_validated() {
     let s = TestServer::start().await;
+    // By default an API key cannot point the server at its own network.
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest",
+        "http://[::1]/h",
+        "http://localhost:8080/x",
+    ] {
+        let (st, res) = s.post("/v1/webhooks", KEY, &json!({"url": url})).await;
+        assert_eq!(
+            (st, res["errors"][0]["code"].as_str()),
+            (422, Some("forbidden_target")),
+            "{url}: {res}"
+        );
+    }
     for url in [json!("ftp://x"), json!("not a url"), json!(5), Value::Null] {
         let (st, res) = s.post("/v1/webhooks", KEY, &json!({"url": url})).await;
         assert_eq!(

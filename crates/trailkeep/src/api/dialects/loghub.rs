@@ -225,7 +225,13 @@ fn actor(c: &mut Checker<'_>, value: Option<&Value>, short: usize, text: usize) 
         .or_else(|| c.opt_str(data, "description", "actor/data/description", short));
     let mut extra = Map::new();
     for (k, v) in data {
-        if !matches!(k.as_str(), "name" | "email" | "internal_id" | "description") {
+        // Keys of the actor object itself stay out of `extra`: the leaf
+        // flattens `extra` into the actor, and a repeated key would make it
+        // undecodable.
+        if !matches!(
+            k.as_str(),
+            "name" | "email" | "internal_id" | "description" | "id" | "type"
+        ) {
             extra.insert(k.clone(), v.clone());
         }
     }
@@ -237,6 +243,14 @@ fn actor(c: &mut Checker<'_>, value: Option<&Value>, short: usize, text: usize) 
             .or_else(|| email.clone())
             .or_else(|| name.clone())
         {
+            Some(id) if id.chars().count() > short => {
+                c.fail(
+                    "actor/data",
+                    "too_long",
+                    format!("the actor id (internal_id, else email, else name) must be at most {short} characters"),
+                );
+                return None;
+            }
             Some(id) => id,
             None => {
                 c.fail(

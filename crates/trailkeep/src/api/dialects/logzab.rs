@@ -141,6 +141,7 @@ async fn handle(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
     };
     let mut context = crate::model::Context::default();
     let mut extra = Map::new();
+    let mut email = None;
     let actor = match obj.get("actor") {
         Some(Value::Object(a)) => {
             let id = match a.get("unique_id") {
@@ -170,10 +171,19 @@ async fn handle(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
                 }
             }
             context.location = c.opt_str(a, "location", "actor/location", short);
+            email = c.opt_str(a, "email", "actor/email", text);
             for (k, v) in a {
                 if !matches!(
                     k.as_str(),
-                    "unique_id" | "name" | "group" | "device" | "ip" | "location"
+                    "unique_id"
+                        | "name"
+                        | "group"
+                        | "device"
+                        | "ip"
+                        | "location"
+                        | "id"
+                        | "type"
+                        | "email"
                 ) {
                     extra.insert(k.clone(), v.clone());
                 }
@@ -275,7 +285,7 @@ async fn handle(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
         id,
         kind: ActorType::User,
         name: Some(name),
-        email: None,
+        email,
         extra,
     };
     let mut event = new_event("logzab", "default".into(), action, actor);

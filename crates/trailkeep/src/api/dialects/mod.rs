@@ -192,6 +192,13 @@ pub(crate) async fn append_one(
     event: Event,
     notify: bool,
 ) -> Result<Receipt, Failure> {
+    if let Some(field) = event.nul_in_indexed_text() {
+        return Err(Failure::invalid(vec![Violation {
+            field: "/".into(),
+            code: "invalid",
+            message: format!("text must not contain U+0000 (canonical field {field})"),
+        }]));
+    }
     let job = AppendJob {
         project,
         events: vec![event],
