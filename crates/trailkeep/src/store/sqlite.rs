@@ -773,8 +773,11 @@ fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Pa
     {
         return Ok(page);
     }
-    let mut sql =
-        String::from("SELECT seq, tenant_id, idx, leaf FROM events WHERE project_id = ?1");
+    // Two steps: pick the page's seqs first, then read those rows. Every
+    // index holds the rowid (seq), so a filter answered from an index picks
+    // and sorts seqs without touching the table; sorting whole rows, leaf
+    // blobs included, made a 1 % time range over 10 M events take ~0.5 s.
+    let mut sql = String::from("SELECT seq FROM events WHERE project_id = ?1");
     let mut args: Vec<rusqlite::types::Value> = vec![project.into()];
     let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
         args.push(v);
@@ -838,12 +841,19 @@ fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Pa
         " ORDER BY seq DESC LIMIT @",
         (q.limit as i64 + 1).into(),
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut events: Vec<StoredEvent> = stmt
-        .query_map(rusqlite::params_from_iter(args), stored_event)?
+    let mut seqs: Vec<i64> = conn
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(args), |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let next_before = if events.len() > q.limit {
-        events.truncate(q.limit);
+    let more = seqs.len() > q.limit;
+    seqs.truncate(q.limit);
+    let mut fetch =
+        conn.prepare_cached("SELECT seq, tenant_id, idx, leaf FROM events WHERE seq = ?1")?;
+    let events: Vec<StoredEvent> = seqs
+        .iter()
+        .map(|seq| fetch.query_row(params![seq], stored_event))
+        .collect::<Result<_, _>>()?;
+    let next_before = if more {
         events.last().map(|e| e.seq)
     } else {
         None
