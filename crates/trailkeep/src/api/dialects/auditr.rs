@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Map, Value, json};
 
-use super::{Failure, append_one, authenticate, new_event};
+use super::{Failure, append_one, authenticate, new_event, object_body};
 use crate::api::{AppState, bearer, json_body};
 use crate::ingest::Checker;
 use crate::model::{Actor, ActorType, Outcome, Time};
@@ -110,10 +110,7 @@ async fn handle(
     let (short, text) = (limits.max_short_field, limits.max_text_field);
     let mut c = Checker::new(limits, "");
     c.empty_as_absent = true;
-    let Some(obj) = value.as_object() else {
-        c.fail("", "type", "the body must be a JSON object");
-        return Err(Failure::invalid(c.violations));
-    };
+    let obj = object_body(&value)?;
     let org_id = c.req_str(obj, "org_id", "org_id", short);
     let action = c.req_str(obj, "action", "action", short);
     let result = match c

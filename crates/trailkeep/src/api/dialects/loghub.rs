@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Map, Value, json};
 
-use super::{Failure, append_one, authenticate_if, new_event, string_or_integer};
+use super::{Failure, append_one, authenticate_if, new_event, object_body, string_or_integer};
 use crate::api::{AppState, json_body};
 use crate::ingest::Checker;
 use crate::model::{Actor, ActorType};
@@ -77,10 +77,7 @@ async fn handle(
     let (short, text) = (limits.max_short_field, limits.max_text_field);
     let mut c = Checker::new(limits, "");
     c.empty_as_absent = true;
-    let Some(obj) = value.as_object() else {
-        c.fail("", "type", "the body must be a JSON object");
-        return Err(Failure::invalid(c.violations));
-    };
+    let obj = object_body(&value)?;
     let action = c.req_str(obj, "action", "action", short);
     if matches!(obj.get("metadata"), None | Some(Value::Null)) {
         c.fail("metadata", "required", "is required");

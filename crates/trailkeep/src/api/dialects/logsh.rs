@@ -11,7 +11,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use unicode_segmentation::UnicodeSegmentation as _;
 
-use super::{Failure, append_one, authenticate, new_event};
+use super::{Failure, append_one, authenticate, new_event, object_body};
 use crate::api::{AppState, bearer, json_body};
 use crate::ingest::Checker;
 use crate::model::{Actor, ActorType};
@@ -77,10 +77,7 @@ async fn handle(
     let principal = authenticate(state, bearer(headers)).await?;
     let (_, value) = json_body(&state.config, body)?;
     let mut c = Checker::new(&state.config.limits, "");
-    let Some(obj) = value.as_object() else {
-        c.fail("", "type", "the body must be a JSON object");
-        return Err(Failure::invalid(c.violations));
-    };
+    let obj = object_body(&value)?;
     let workspace = c.req_str(obj, "workspace", "workspace", MAX_WORKSPACE);
     let event_name = c.req_str(obj, "event", "event", MAX_EVENT);
     let description = c.req_str(obj, "description", "description", MAX_DESCRIPTION);

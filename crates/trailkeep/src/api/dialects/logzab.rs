@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Map, Value, json};
 
-use super::{Failure, append_one, authenticate, new_event, string_or_integer};
+use super::{Failure, append_one, authenticate, new_event, object_body, string_or_integer};
 use crate::api::{AppState, BodyError, json_body};
 use crate::ingest::Checker;
 use crate::model::{Actor, ActorType, Target};
@@ -101,10 +101,7 @@ async fn handle(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result
     let (short, text) = (limits.max_short_field, limits.max_text_field);
     let mut c = Checker::new(limits, "");
     c.empty_as_absent = true;
-    let Some(obj) = value.as_object() else {
-        c.fail("", "type", "the body must be a JSON object");
-        return Err(Failure::invalid(c.violations));
-    };
+    let obj = object_body(&value)?;
     let action = c.req_str(obj, "action", "action", short);
     let mut metadata = Map::new();
     let object = match obj.get("object") {

@@ -213,6 +213,18 @@ pub(crate) async fn append_one(
     }
 }
 
+/// The request body as a JSON object, or the dialect-neutral 400 saying it
+/// is not one (field `/`).
+pub(crate) fn object_body(value: &Value) -> Result<&serde_json::Map<String, Value>, Failure> {
+    value.as_object().ok_or_else(|| {
+        Failure::invalid(vec![Violation {
+            field: "/".into(),
+            code: "type",
+            message: "the body must be a JSON object".into(),
+        }])
+    })
+}
+
 /// A string or JSON integer as text (ids that some clients send as numbers).
 pub(crate) fn string_or_integer(v: &Value) -> Option<String> {
     match v {

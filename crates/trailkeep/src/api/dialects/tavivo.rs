@@ -21,7 +21,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use super::{Failure, append_one, new_event};
+use super::{Failure, append_one, new_event, object_body};
 use crate::api::{AppState, json_body};
 use crate::ingest::Checker;
 use crate::model::{Actor, ActorType, Event, Time};
@@ -247,10 +247,7 @@ async fn handle_create(
     let (_, value) = json_body(&state.config, body).map_err(Failure::from)?;
     let limits = &state.config.limits;
     let mut c = Checker::new(limits, "");
-    let Some(obj) = value.as_object() else {
-        c.fail("", "type", "the body must be a JSON object");
-        return Err(Failure::invalid(c.violations).into());
-    };
+    let obj = object_body(&value)?;
     let user_id = match member(obj, "userId") {
         Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
         None | Some(Value::Null) => {
