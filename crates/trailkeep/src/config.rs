@@ -266,6 +266,15 @@ pub struct CommitConfig {
     pub window_us: u64,
     /// Most append requests waiting for the writer; beyond it requests get 503.
     pub queue_capacity: usize,
+    /// SQLite: acknowledged events waiting in the tail past which the writer
+    /// folds them into the indexes even while appends keep arriving.
+    pub fold_at_events: usize,
+    /// SQLite: the writer folds at least this often while busy, in
+    /// milliseconds; a listing waits at most about this long for the fold.
+    pub fold_interval_ms: u64,
+    /// SQLite: how long the writer waits with no new append before it folds,
+    /// in milliseconds.
+    pub fold_idle_ms: u64,
 }
 
 impl Default for CommitConfig {
@@ -274,6 +283,9 @@ impl Default for CommitConfig {
             max_batch_events: 4096,
             window_us: 200,
             queue_capacity: 16 * 1024,
+            fold_at_events: 8192,
+            fold_interval_ms: 100,
+            fold_idle_ms: 2,
         }
     }
 }
@@ -464,6 +476,7 @@ impl Config {
             ("limits.max_page_size", l.max_page_size, 1),
             ("commit.max_batch_events", self.commit.max_batch_events, 1),
             ("commit.queue_capacity", self.commit.queue_capacity, 1),
+            ("commit.fold_at_events", self.commit.fold_at_events, 1),
         ] {
             if v < min {
                 return Err(bad(key, &format!("must be at least {min}")));
@@ -528,6 +541,9 @@ const KNOWN_KEYS: &[&[&str]] = &[
     &["commit", "max_batch_events"],
     &["commit", "window_us"],
     &["commit", "queue_capacity"],
+    &["commit", "fold_at_events"],
+    &["commit", "fold_interval_ms"],
+    &["commit", "fold_idle_ms"],
     &["rate_limit", "requests_per_second"],
     &["rate_limit", "burst"],
     &["rate_limit", "requests_per_minute"],

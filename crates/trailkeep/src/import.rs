@@ -29,6 +29,10 @@ pub async fn sqlite_to_postgres(from: &str, to: &str) -> anyhow::Result<String> 
         postgres::is_postgres_url(to),
         "--to must be postgres://USER@HOST/DB"
     );
+    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    // Fold what a stopped server left in the tail, so the tables copied
+    // below hold every acknowledged event.
+    drop(crate::store::sqlite::open_admin(&path)?);
     let src = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("opening {}", path.display()))?;
     let pool = postgres::pool(to)?;

@@ -10,6 +10,7 @@ const SQLITE_MIGRATIONS: &[&str] = &[
     include_str!("sql/sqlite_001_init.sql"),
     include_str!("sql/sqlite_002_webhooks.sql"),
     include_str!("sql/sqlite_003_actions.sql"),
+    include_str!("sql/sqlite_004_tail.sql"),
 ];
 
 /// The schema version this build writes.

@@ -3,15 +3,23 @@
 //! Writes go through a single writer thread that drains a bounded queue and
 //! commits everything queued as one transaction (group commit) with
 //! `synchronous = FULL`, so the WAL is fsynced before any caller is
-//! answered. Reads use a small pool of read-only connections that run
-//! concurrently with the writer. A checkpointer thread copies the WAL into
-//! the database file in the background so the writer never waits on it.
-//! Full-text indexing runs on the writer thread *after* the acknowledging
-//! commit, in its own transaction, driven by the `fts_watermark` row.
+//! answered. That acknowledging transaction appends each event, with the
+//! tree nodes its leaf completes, to `events_tail` (keyed by `seq`, so it
+//! only ever grows at its right edge) and updates the tenant heads; nothing
+//! else. The *fold* then moves tail rows into `events`, `tree_nodes` and
+//! every secondary index in large transactions, so a randomly keyed index
+//! page is rewritten once per fold instead of once per commit. Listings
+//! wait until the fold has reached what was acknowledged when they started;
+//! point reads (by id, by tenant index, tree nodes) read the tail as well.
+//! Reads use a small pool of read-only connections that run concurrently
+//! with the writer. A checkpointer thread copies the WAL into the database
+//! file in the background so the writer never waits on it. Full-text
+//! indexing runs on the writer thread after the fold, driven by the
+//! `fts_watermark` row.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -39,6 +47,10 @@ const FTS_CHUNK: i64 = 4096;
 /// The indexer runs at least this often while the writer is busy, which
 /// bounds search staleness well under one second.
 const FTS_MAX_LAG: Duration = Duration::from_millis(200);
+/// Most tail rows one fold moves into the indexed tables.
+const FOLD_CHUNK: i64 = 16_384;
+/// How long a listing waits for the fold before answering 503.
+const FOLD_WAIT: Duration = Duration::from_secs(10);
 /// Background WAL checkpoint period.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// WAL frames (about 4 KiB each) beyond which the checkpointer forces the
@@ -46,6 +58,50 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
 type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
+/// How far the writer has acknowledged and how far the fold has moved
+/// events into the indexed tables. Invariant: `folded <= acked`, and every
+/// event with `seq <= folded` is in `events` and every index.
+struct FoldState {
+    acked: AtomicI64,
+    folded: tokio::sync::watch::Sender<i64>,
+    /// Set by a waiting listing so the writer folds after its next commit.
+    wanted: AtomicBool,
+}
+
+impl FoldState {
+    fn new(seq: i64) -> Self {
+        Self {
+            acked: AtomicI64::new(seq),
+            folded: tokio::sync::watch::Sender::new(seq),
+            wanted: AtomicBool::new(false),
+        }
+    }
+
+    /// Waits until everything acknowledged before the call is folded;
+    /// `wake` nudges a writer that may be idle.
+    async fn caught_up(&self, wake: impl FnOnce()) -> Result<(), StoreError> {
+        let target = self.acked.load(Ordering::SeqCst);
+        if *self.folded.borrow() >= target {
+            return Ok(());
+        }
+        if !self.wanted.swap(true, Ordering::SeqCst) {
+            wake();
+        }
+        let mut rx = self.folded.subscribe();
+        match tokio::time::timeout(FOLD_WAIT, rx.wait_for(|f| *f >= target)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::Unavailable),
+        }
+    }
+}
+
+/// What the writer thread receives.
+enum Msg {
+    Append(Queued),
+    /// A listing waits for the fold; sent only when the writer may be idle.
+    Fold,
+}
 
 struct Queued {
     job: AppendJob,
@@ -55,7 +111,7 @@ struct Queued {
 /// The SQLite [`EventStore`].
 pub struct SqliteStore {
     path: PathBuf,
-    tx: Mutex<Option<SyncSender<Queued>>>,
+    tx: Mutex<Option<SyncSender<Msg>>>,
     readers: Arc<ReadPool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
@@ -65,6 +121,8 @@ pub struct SqliteStore {
     /// (webhooks, delivery results); opened on first use.
     side: Arc<Mutex<Option<Connection>>>,
     outbox: Arc<tokio::sync::Notify>,
+    /// Absent on a read-only store, whose listings see folded events only.
+    fold: Option<Arc<FoldState>>,
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -89,7 +147,71 @@ pub fn open_admin(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
     configure(&conn)?;
     schema::migrate_sqlite(&mut conn)?;
+    // Offline tools read `events` and `tree_nodes` directly; a server that
+    // stopped (or crashed) may have left acknowledged events in the tail.
+    while fold(&mut conn, FOLD_CHUNK)?.0 > 0 {}
     Ok(conn)
+}
+
+/// Moves up to `max` of the oldest tail rows into `events`, `tree_nodes`
+/// and the secondary indexes, in one transaction. Returns how many rows
+/// moved and the highest `seq` now folded (0 when nothing ever was).
+/// Any process holding the write lock may fold: the tail is the only input.
+fn fold(conn: &mut Connection, max: i64) -> Result<(i64, i64), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (n, hi): (i64, Option<i64>) = tx.query_row(
+        "SELECT count(*), max(seq) FROM (SELECT seq FROM events_tail ORDER BY seq LIMIT ?1)",
+        params![max],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some(hi) = hi else {
+        let top: Option<i64> = tx.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
+        return Ok((0, top.unwrap_or(0)));
+    };
+    tx.prepare_cached(
+        "INSERT INTO events (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf)
+         SELECT seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf
+         FROM events_tail WHERE seq <= ?1 ORDER BY seq",
+    )?
+    .execute(params![hi])?;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO event_actions (project_id, action)
+         SELECT DISTINCT project_id, action FROM events_tail WHERE seq <= ?1",
+    )?
+    .execute(params![hi])?;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO event_tags (project_id, tag, seq)
+         SELECT t.project_id, j.value, t.seq FROM events_tail t, json_each(t.tags) j
+         WHERE t.seq <= ?1 AND t.tags IS NOT NULL ORDER BY 1, 2, 3",
+    )?
+    .execute(params![hi])?;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO event_targets (project_id, target_id, seq)
+         SELECT t.project_id, j.value, t.seq FROM events_tail t, json_each(t.targets) j
+         WHERE t.seq <= ?1 AND t.targets IS NOT NULL ORDER BY 1, 2, 3",
+    )?
+    .execute(params![hi])?;
+    {
+        let mut select = tx.prepare_cached(
+            "SELECT tenant_id, idx, nodes FROM events_tail WHERE seq <= ?1 ORDER BY tenant_id, idx",
+        )?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO tree_nodes (tenant_id, level, idx, hash) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut rows = select.query(params![hi])?;
+        while let Some(row) = rows.next()? {
+            let tenant: i64 = row.get(0)?;
+            let idx: i64 = row.get(1)?;
+            let nodes = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+            for (level, hash) in nodes.chunks_exact(32).enumerate() {
+                insert.execute(params![tenant, level as i64, idx >> level, hash])?;
+            }
+        }
+    }
+    tx.prepare_cached("DELETE FROM events_tail WHERE seq <= ?1")?
+        .execute(params![hi])?;
+    tx.commit()?;
+    Ok((n, hi))
 }
 
 impl SqliteStore {
@@ -114,6 +236,13 @@ impl SqliteStore {
             [],
             |r| r.get(0),
         )?;
+        // open_admin folded the whole tail, so `events` holds the top seq.
+        let top: i64 = conn.query_row(
+            "SELECT max(coalesce((SELECT max(seq) FROM events), 0), coalesce((SELECT max(seq) FROM events_tail), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        let fold = Arc::new(FoldState::new(top));
         let (tx, rx) = std::sync::mpsc::sync_channel(commit.queue_capacity);
         let outbox = Arc::new(tokio::sync::Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
@@ -127,6 +256,10 @@ impl SqliteStore {
             last_fts: Instant::now(),
             outbox: outbox.clone(),
             broken: false,
+            fold: fold.clone(),
+            next_seq: top + 1,
+            tail_len: 0,
+            last_fold: Instant::now(),
         };
         let alive = writer_alive.clone();
         let writer = std::thread::Builder::new()
@@ -155,6 +288,7 @@ impl SqliteStore {
             writer_alive,
             side: Arc::default(),
             outbox,
+            fold: Some(fold),
         })
     }
 
@@ -187,6 +321,7 @@ impl SqliteStore {
             writer_alive: Arc::new(AtomicBool::new(false)),
             side: Arc::default(),
             outbox: Arc::default(),
+            fold: None,
         })
     }
 
@@ -298,7 +433,12 @@ impl ReadPool {
                 c
             }
         };
-        let res = f(&conn);
+        // One read transaction: the reads inside `f` see one snapshot, so a
+        // fold cannot move rows from the tail to `events` between them.
+        let res = conn
+            .unchecked_transaction()
+            .map_err(StoreError::from)
+            .and_then(|tx| f(&tx));
         let mut idle = self.idle.lock().expect("lock");
         if idle.len() < 8 {
             idle.push(conn);
@@ -319,21 +459,57 @@ impl HashReader for NodeReader<'_> {
     }
 }
 
+/// Reads tree nodes from `tree_nodes`, and those not folded yet from the
+/// tail. Call it inside one read transaction so a concurrent fold cannot
+/// move a node between the two lookups.
 fn read_nodes(conn: &Connection, tenant_id: i64, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT hash FROM tree_nodes WHERE tenant_id = ?1 AND level = ?2 AND idx = ?3",
     )?;
-    ids.iter()
+    let mut found: Vec<Option<Hash>> = ids
+        .iter()
         .map(|id| {
             let blob: Option<Vec<u8>> = stmt
                 .query_row(params![tenant_id, id.level, id.index as i64], |r| r.get(0))
                 .optional()?;
-            blob.and_then(|b| <Hash>::try_from(b.as_slice()).ok())
-                .ok_or_else(|| {
-                    StoreError::Corrupted(format!(
-                        "tenant {tenant_id}: tree node {id:?} is missing"
-                    ))
-                })
+            Ok(blob.and_then(|b| <Hash>::try_from(b.as_slice()).ok()))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    if found.iter().any(Option::is_none) {
+        // Node (level, i) was completed by the append of leaf
+        // ((i + 1) << level) - 1. The tail has no index but is short: one
+        // scan serves every missing node.
+        let want: HashMap<i64, Vec<usize>> = ids
+            .iter()
+            .enumerate()
+            .filter(|(k, id)| found[*k].is_none() && id.level < 63)
+            .fold(HashMap::new(), |mut m, (k, id)| {
+                let leaf = ((id.index + 1) << id.level) - 1;
+                m.entry(leaf as i64).or_default().push(k);
+                m
+            });
+        let mut tail =
+            conn.prepare_cached("SELECT idx, nodes FROM events_tail WHERE tenant_id = ?1")?;
+        let mut rows = tail.query(params![tenant_id])?;
+        while let Some(row) = rows.next()? {
+            let Some(slots) = want.get(&row.get::<_, i64>(0)?) else {
+                continue;
+            };
+            let nodes = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            for &k in slots {
+                let at = usize::from(ids[k].level) * 32;
+                found[k] = nodes
+                    .get(at..at + 32)
+                    .and_then(|h| <Hash>::try_from(h).ok());
+            }
+        }
+    }
+    ids.iter()
+        .zip(found)
+        .map(|(id, h)| {
+            h.ok_or_else(|| {
+                StoreError::Corrupted(format!("tenant {tenant_id}: tree node {id:?} is missing"))
+            })
         })
         .collect()
 }
@@ -357,31 +533,55 @@ struct Writer {
     outbox: Arc<tokio::sync::Notify>,
     /// Set when the connection can no longer promise durable commits.
     broken: bool,
+    fold: Arc<FoldState>,
+    /// The `seq` of the next appended event; seqs only grow (gaps are fine).
+    next_seq: i64,
+    /// Rows acknowledged into the tail since the last fold (an estimate
+    /// that only decides when to fold).
+    tail_len: i64,
+    last_fold: Instant,
 }
 
 impl Writer {
-    fn run(mut self, rx: &Receiver<Queued>) {
+    fn run(mut self, rx: &Receiver<Msg>) {
         // Events committed before a crash may not be searchable yet.
         self.index_fts_until_done();
-        let mut pending: Option<Queued> = None;
+        let mut pending: Option<Msg> = None;
         while !self.broken {
             let first = match pending.take() {
-                Some(q) => q,
-                None => match rx.recv_timeout(FTS_MAX_LAG) {
-                    Ok(q) => q,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.index_fts_until_done();
-                        continue;
+                Some(Msg::Append(q)) => q,
+                Some(Msg::Fold) => {
+                    self.fold.wanted.store(false, Ordering::SeqCst);
+                    self.fold_until_done();
+                    continue;
+                }
+                None => {
+                    // Idle: wait briefly for more appends to fold together.
+                    let wait = if self.tail_len > 0 {
+                        Duration::from_millis(self.commit.fold_idle_ms)
+                    } else {
+                        FTS_MAX_LAG
+                    };
+                    match rx.recv_timeout(wait) {
+                        Ok(msg) => {
+                            pending = Some(msg);
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.fold_until_done();
+                            self.index_fts_until_done();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
+                }
             };
             let mut n_events = first.job.events.len();
             let mut batch = vec![first];
             let deadline = Instant::now() + Duration::from_micros(self.commit.window_us);
             while n_events < self.commit.max_batch_events {
                 let next = match rx.try_recv() {
-                    Ok(q) => Some(q),
+                    Ok(msg) => Some(msg),
                     Err(_) => {
                         let now = Instant::now();
                         if now >= deadline {
@@ -391,19 +591,61 @@ impl Writer {
                         }
                     }
                 };
-                let Some(q) = next else { break };
-                n_events += q.job.events.len();
-                batch.push(q);
+                match next {
+                    Some(Msg::Append(q)) => {
+                        n_events += q.job.events.len();
+                        batch.push(q);
+                    }
+                    // `wanted` is set: the fold follows this commit.
+                    Some(Msg::Fold) => {}
+                    None => break,
+                }
             }
             self.commit_batch(batch, n_events);
-            // Index for search when idle, or at least every FTS_MAX_LAG when busy.
-            pending = rx.try_recv().ok();
-            if pending.is_none() || self.last_fts.elapsed() >= FTS_MAX_LAG {
+            if self.tail_len >= self.commit.fold_at_events as i64
+                || self.last_fold.elapsed() >= Duration::from_millis(self.commit.fold_interval_ms)
+                || self.fold.wanted.swap(false, Ordering::SeqCst)
+            {
+                self.fold_chunk();
+            }
+            // Index for search at least every FTS_MAX_LAG while busy.
+            if self.last_fts.elapsed() >= FTS_MAX_LAG {
                 self.index_fts_chunk();
             }
+            pending = rx.try_recv().ok();
         }
         if !self.broken {
+            self.fold_until_done();
             self.index_fts_until_done();
+        }
+    }
+
+    fn fold_until_done(&mut self) {
+        while !self.broken && self.fold_chunk() == FOLD_CHUNK {}
+    }
+
+    /// Folds up to [`FOLD_CHUNK`] tail rows; returns how many.
+    fn fold_chunk(&mut self) -> i64 {
+        self.last_fold = Instant::now();
+        match fold(&mut self.conn, FOLD_CHUNK) {
+            Ok((n, hi)) => {
+                self.tail_len = (self.tail_len - n).max(0);
+                if n < FOLD_CHUNK {
+                    // Another process may have folded too: all that was
+                    // acknowledged is folded when the tail is drained.
+                    self.tail_len = 0;
+                    self.fold
+                        .folded
+                        .send_replace(self.fold.acked.load(Ordering::SeqCst).max(hi));
+                } else {
+                    self.fold.folded.send_replace(hi);
+                }
+                n
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "folding acknowledged events into the indexes failed; will retry");
+                0
+            }
         }
     }
 
@@ -414,6 +656,7 @@ impl Writer {
         let mut staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
         let notified = batch.iter().any(|q| q.job.notify);
         let mut failed_keys: Vec<(ProjectId, String)> = Vec::new();
+        let mut appended = 0i64;
         let outcome = (|| -> Result<(), StoreError> {
             let tx = self
                 .conn
@@ -428,10 +671,20 @@ impl Writer {
                     .iter()
                     .map(|e| (job.project, e.tenant.clone()))
                     .collect();
-                match apply_job(&tx, &self.tenants, &staged, &mut job_staged, job, now) {
+                let first_seq = self.next_seq;
+                match apply_job(
+                    &tx,
+                    &self.tenants,
+                    &staged,
+                    &mut job_staged,
+                    job,
+                    now,
+                    &mut self.next_seq,
+                ) {
                     Ok(outcome) => {
                         tx.execute_batch("RELEASE job")?;
                         staged.extend(job_staged);
+                        appended += self.next_seq - first_seq;
                         results.push(Ok(outcome));
                     }
                     Err(e) => {
@@ -464,6 +717,8 @@ impl Writer {
                     staged.remove(key);
                 }
                 self.tenants.extend(staged);
+                self.tail_len += appended;
+                self.fold.acked.store(self.next_seq - 1, Ordering::SeqCst);
                 self.metrics.observe_commit(n_events, started.elapsed());
                 if notified {
                     self.outbox.notify_one();
@@ -593,6 +848,7 @@ fn apply_job(
     job_staged: &mut HashMap<(ProjectId, String), TenantState>,
     job: AppendJob,
     now: i64,
+    next_seq: &mut i64,
 ) -> Result<AppendOutcome, StoreError> {
     let AppendJob {
         project,
@@ -619,22 +875,12 @@ fn apply_job(
         }
     }
     let mut receipts = Vec::with_capacity(events.len());
-    let mut insert_event = tx.prepare_cached(
-        "INSERT INTO events (id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    // Only the tail is written here; see `fold` for the indexed tables.
+    let mut insert_tail = tx.prepare_cached(
+        "INSERT INTO events_tail (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf, nodes, tags, targets)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
-    let mut insert_action = tx.prepare_cached(
-        "INSERT OR IGNORE INTO event_actions (project_id, action) VALUES (?1, ?2)",
-    )?;
-    let mut insert_tag = tx.prepare_cached(
-        "INSERT OR IGNORE INTO event_tags (project_id, tag, seq) VALUES (?1, ?2, ?3)",
-    )?;
-    let mut insert_target = tx.prepare_cached(
-        "INSERT OR IGNORE INTO event_targets (project_id, target_id, seq) VALUES (?1, ?2, ?3)",
-    )?;
-    let mut insert_node = tx.prepare_cached(
-        "INSERT INTO tree_nodes (tenant_id, level, idx, hash) VALUES (?1, ?2, ?3, ?4)",
-    )?;
+    let mut nodes = Vec::with_capacity(64 * 32);
     for mut event in events {
         let key = (project, event.tenant.clone());
         if !job_staged.contains_key(&key) {
@@ -645,7 +891,17 @@ fn apply_job(
         event.index = state.frontier.size();
         let leaf = event.leaf();
         let leaf_hash = tlog::leaf_hash(&leaf);
-        insert_event.execute(params![
+        // The append completes nodes (0, i), (1, i >> 1), … in level order,
+        // which is how `fold` reads them back.
+        nodes.clear();
+        for (_, hash) in state.frontier.append(leaf_hash) {
+            nodes.extend_from_slice(&hash);
+        }
+        let tags = json_strings(event.tags.iter().map(String::as_str));
+        let targets = json_strings(event.targets.iter().map(|t| t.id.as_str()));
+        let seq = *next_seq;
+        insert_tail.execute(params![
+            seq,
             event.id.as_bytes(),
             project,
             state.id,
@@ -655,18 +911,11 @@ fn apply_job(
             event.actor.id,
             event.result.map(crate::model::Outcome::as_str),
             leaf,
+            nodes,
+            tags,
+            targets,
         ])?;
-        let seq = tx.last_insert_rowid();
-        insert_action.execute(params![project, event.action])?;
-        for tag in &event.tags {
-            insert_tag.execute(params![project, tag, seq])?;
-        }
-        for target in &event.targets {
-            insert_target.execute(params![project, target.id, seq])?;
-        }
-        for (id, hash) in state.frontier.append(leaf_hash) {
-            insert_node.execute(params![state.id, id.level, id.index as i64, &hash[..]])?;
-        }
+        *next_seq += 1;
         if notify {
             let payload = crate::webhooks::notification_payload(event.received_at, &leaf);
             tx.prepare_cached(
@@ -692,6 +941,14 @@ fn apply_job(
         return Ok(AppendOutcome::Replayed(response));
     }
     Ok(AppendOutcome::Committed(receipts))
+}
+
+/// A JSON array of `items`, or `None` when there are none.
+fn json_strings<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> Option<String> {
+    if items.len() == 0 {
+        return None;
+    }
+    serde_json::to_string(&items.collect::<Vec<_>>()).ok()
 }
 
 /// Columns: seq, tenant_id, idx, leaf, and optionally the stored level-0
@@ -873,7 +1130,7 @@ impl EventStore for SqliteStore {
                 let Some(sender) = guard.as_ref() else {
                     return Err(StoreError::Unavailable);
                 };
-                match sender.try_send(Queued { job, reply }) {
+                match sender.try_send(Msg::Append(Queued { job, reply })) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
                     Err(TrySendError::Disconnected(_)) => return Err(StoreError::Unavailable),
@@ -885,8 +1142,17 @@ impl EventStore for SqliteStore {
 
     fn get(&self, project: ProjectId, id: Uuid) -> StoreFuture<'_, Option<StoredEvent>> {
         self.read(move |c| {
+            let folded = c
+                .prepare_cached(
+                    "SELECT seq, tenant_id, idx, leaf FROM events WHERE id = ?1 AND project_id = ?2",
+                )?
+                .query_row(params![id.as_bytes(), project], stored_event)
+                .optional()?;
+            if folded.is_some() {
+                return Ok(folded);
+            }
             Ok(c.prepare_cached(
-                "SELECT seq, tenant_id, idx, leaf FROM events WHERE id = ?1 AND project_id = ?2",
+                "SELECT seq, tenant_id, idx, leaf, substr(nodes, 1, 32) FROM events_tail WHERE id = ?1 AND project_id = ?2",
             )?
             .query_row(params![id.as_bytes(), project], stored_event)
             .optional()?)
@@ -894,7 +1160,18 @@ impl EventStore for SqliteStore {
     }
 
     fn query(&self, project: ProjectId, query: EventQuery) -> StoreFuture<'_, Page> {
-        self.read(move |c| run_query(c, project, &query))
+        Box::pin(async move {
+            if let Some(fold) = &self.fold {
+                fold.caught_up(|| {
+                    if let Some(sender) = self.tx.lock().expect("lock").as_ref() {
+                        // A full queue means a busy writer, which checks `wanted`.
+                        let _ = sender.try_send(Msg::Fold);
+                    }
+                })
+                .await?;
+            }
+            self.read(move |c| run_query(c, project, &query)).await
+        })
     }
 
     fn authenticate(&self, key_hash: [u8; 32]) -> StoreFuture<'_, Option<Principal>> {
@@ -933,13 +1210,29 @@ impl EventStore for SqliteStore {
 
     fn scan_tenant(&self, tenant_id: i64, from: u64, to: u64) -> StoreFuture<'_, Vec<StoredEvent>> {
         self.read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT e.seq, e.tenant_id, e.idx, e.leaf, n.hash FROM events e
+            let mut events: Vec<StoredEvent> = c
+                .prepare_cached(
+                    "SELECT e.seq, e.tenant_id, e.idx, e.leaf, n.hash FROM events e
                  LEFT JOIN tree_nodes n ON n.tenant_id = e.tenant_id AND n.level = 0 AND n.idx = e.idx
                  WHERE e.tenant_id = ?1 AND e.idx >= ?2 AND e.idx < ?3 ORDER BY e.idx",
-            )?
-            .query_map(params![tenant_id, from as i64, to as i64], stored_event)?
-            .collect::<Result<_, _>>()?)
+                )?
+                .query_map(params![tenant_id, from as i64, to as i64], stored_event)?
+                .collect::<Result<_, _>>()?;
+            // The newest events may not be folded yet.
+            if events.len() as u64 != to.saturating_sub(from) {
+                let tail: Vec<StoredEvent> = c
+                    .prepare_cached(
+                        "SELECT seq, tenant_id, idx, leaf, substr(nodes, 1, 32) FROM events_tail
+                         WHERE tenant_id = ?1 AND idx >= ?2 AND idx < ?3",
+                    )?
+                    .query_map(params![tenant_id, from as i64, to as i64], stored_event)?
+                    .collect::<Result<_, _>>()?;
+                if !tail.is_empty() {
+                    events.extend(tail);
+                    events.sort_by_key(|e| e.index);
+                }
+            }
+            Ok(events)
         })
     }
 

@@ -345,3 +345,109 @@ async fn tampering_is_caught_by_fsck_and_verify_naming_the_index() {
     let (st, _) = s.get("/v1/tenants/t/consistency?from=13", KEY).await;
     assert_eq!(st, 400, "no consistency proof can go back from 13 to 8");
 }
+
+fn count(dir: &Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("trailkeep.db")).unwrap();
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// SQLite acknowledges into `events_tail` and folds into the indexes later:
+/// with the fold held off, every read of the log is answered from the tail,
+/// a listing makes the writer fold, and the offline tools fold what a
+/// stopped server left behind.
+#[tokio::test]
+async fn acknowledged_events_are_readable_before_they_are_folded() {
+    if std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres") {
+        println!("SQLite only: PostgreSQL has no tail");
+        return;
+    }
+    let s = TestServer::start_with(|c| {
+        c.commit.fold_at_events = 1_000_000;
+        c.commit.fold_interval_ms = 3_600_000;
+        c.commit.fold_idle_ms = 3_600_000;
+    })
+    .await;
+    let receipts = ingest(&s, "t", 13).await;
+    assert_eq!(count(s.dir.path(), "events_tail"), 13);
+    assert_eq!(count(s.dir.path(), "events"), 0);
+    let (_, cp13) = checkpoint(&s, "t").await;
+    for (i, r) in receipts.iter().enumerate() {
+        let id = r["id"].as_str().unwrap();
+        let (st, leaf) = s.get_text(&format!("/v1/events/{id}"), KEY).await;
+        assert_eq!(st, 200);
+        assert_eq!(tlog::leaf_hash(leaf.as_bytes()), hash(&r["leaf_hash"]));
+        let (st, p) = s.get(&format!("/v1/events/{id}/proof"), KEY).await;
+        assert_eq!(st, 200, "{p}");
+        tlog::verify_inclusion(
+            i as u64,
+            13,
+            &hash(&p["leaf_hash"]),
+            &hashes(&p["hashes"]),
+            &cp13.root,
+        )
+        .unwrap();
+    }
+    let (_, bundle) = s.get_text("/v1/tenants/t/export", KEY).await;
+    let v = trailkeep::export::verify_bundle(bundle.as_bytes(), &s.verifier, None).unwrap();
+    assert_eq!(v.events, 13);
+    assert_eq!(
+        count(s.dir.path(), "events"),
+        0,
+        "reads must not need a fold"
+    );
+
+    // A listing waits for the fold of everything acknowledged before it.
+    let listed = s.list_all("tenant=t", KEY).await;
+    assert_eq!(listed.len(), 13);
+    assert_eq!(count(s.dir.path(), "events_tail"), 0);
+    assert_eq!(count(s.dir.path(), "events"), 13);
+    // Complete subtrees of 13 leaves: 13 + 6 + 3 + 1.
+    assert_eq!(count(s.dir.path(), "tree_nodes"), 23);
+
+    // Appends after the fold extend the tree from folded nodes and tail nodes.
+    let more = ingest(&s, "t", 7).await;
+    assert_eq!(count(s.dir.path(), "events_tail"), 7);
+    let (_, cp20) = checkpoint(&s, "t").await;
+    let (_, c) = s.get("/v1/tenants/t/consistency?from=13", KEY).await;
+    tlog::verify_consistency(13, 20, &hashes(&c["hashes"]), &cp13.root, &cp20.root).unwrap();
+    let id = more[6]["id"].as_str().unwrap();
+    let (_, p) = s.get(&format!("/v1/events/{id}/proof"), KEY).await;
+    tlog::verify_inclusion(
+        19,
+        20,
+        &hash(&p["leaf_hash"]),
+        &hashes(&p["hashes"]),
+        &cp20.root,
+    )
+    .unwrap();
+
+    // Leave rows in the tail as a crash would: a consistent copy taken while
+    // serving, with the signing key beside it.
+    let crashed = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(s.dir.path().join("trailkeep.db"))
+        .unwrap()
+        .execute(
+            "VACUUM INTO ?1",
+            [crashed.path().join("trailkeep.db").to_str().unwrap()],
+        )
+        .unwrap();
+    std::fs::copy(
+        s.dir.path().join("log-signing.key"),
+        crashed.path().join("log-signing.key"),
+    )
+    .unwrap();
+    assert_eq!(count(crashed.path(), "events_tail"), 7);
+    let vkey = std::fs::read_to_string(s.dir.path().join("log-signing.key")).unwrap();
+    let vkey = tlog::NoteSigner::from_private_key(&vkey)
+        .unwrap()
+        .verifier()
+        .to_string();
+    let (fsck_code, fsck_out, verify_code, verify_out) =
+        fsck_and_verify(crashed.path(), &vkey, None);
+    assert_eq!(fsck_code, 0, "{fsck_out}");
+    assert_eq!(verify_code, 0, "{verify_out}");
+    assert_eq!(count(crashed.path(), "events_tail"), 0);
+    assert_eq!(count(crashed.path(), "events"), 20);
+    s.stop().await;
+}
