@@ -161,6 +161,12 @@ pub fn table(s: &Value) -> String {
             fmt(&t[phase]["writer_cores_busy"]),
             fmt(&t[phase]["storage_write_bytes_per_event"])
         ));
+        out.push_str(&format!(
+            "{phase}: writer time per event: commit {} us, fold {} us, full text {} us\n",
+            fmt(&c["commit_us_per_event"]),
+            fmt(&c["fold_us_per_event"]),
+            fmt(&c["fts_us_per_event"]),
+        ));
     }
     out.push_str(&format!(
         "durable-append ceiling: {} bytes to storage per event\n",

@@ -83,6 +83,10 @@ pub struct Commits {
     pub events: f64,
     /// Seconds spent committing, fsync included.
     pub secs: f64,
+    /// Seconds the writer spent folding the tail into the indexes (SQLite).
+    pub fold_secs: f64,
+    /// Seconds the writer spent on full-text indexing (SQLite).
+    pub fts_secs: f64,
 }
 
 impl Commits {
@@ -103,11 +107,14 @@ impl Commits {
             commits: value("trailkeep_commit_seconds_count"),
             events: value("trailkeep_commit_batch_events_sum"),
             secs: value("trailkeep_commit_seconds_sum"),
+            fold_secs: value("trailkeep_background_seconds_total{task=\"fold\"}"),
+            fts_secs: value("trailkeep_background_seconds_total{task=\"fts\"}"),
         })
     }
 
     /// What happened between `earlier` and `self`, as JSON: commits, mean
-    /// events per commit and mean commit time.
+    /// events per commit, mean commit time, and the writer's time per
+    /// acknowledged event in commits, folds and full-text indexing.
     #[must_use]
     pub fn since(&self, earlier: &Self) -> serde_json::Value {
         let commits = self.commits - earlier.commits;
@@ -119,10 +126,21 @@ impl Commits {
         } else {
             (0.0, 0.0)
         };
+        let events = self.events - earlier.events;
+        let us_per_event = |secs: f64| {
+            if events > 0.0 {
+                secs * 1e6 / events
+            } else {
+                0.0
+            }
+        };
         serde_json::json!({
             "commits": commits,
             "events_per_commit": per_commit,
             "commit_ms_mean": ms,
+            "commit_us_per_event": us_per_event(self.secs - earlier.secs),
+            "fold_us_per_event": us_per_event(self.fold_secs - earlier.fold_secs),
+            "fts_us_per_event": us_per_event(self.fts_secs - earlier.fts_secs),
         })
     }
 }

@@ -65,6 +65,26 @@ pub struct Metrics {
     events_ingested: AtomicU64,
     commits: Histogram,
     commit_latency: Histogram,
+    /// Per background task: (events handled, microseconds spent).
+    background: [(AtomicU64, AtomicU64); 2],
+}
+
+/// Work the writer does after acknowledging.
+#[derive(Debug, Clone, Copy)]
+pub enum Background {
+    /// Moving acknowledged events from the tail into the indexes (SQLite).
+    Fold = 0,
+    /// Full-text indexing (SQLite).
+    Fts = 1,
+}
+
+impl Background {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Fold => "fold",
+            Self::Fts => "fts",
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -74,6 +94,7 @@ impl Default for Metrics {
             events_ingested: AtomicU64::new(0),
             commits: Histogram::new(),
             commit_latency: Histogram::new(),
+            background: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
         }
     }
 }
@@ -97,6 +118,16 @@ impl Metrics {
         self.commit_latency.observe(
             &LATENCY_BUCKETS_US,
             u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
+
+    /// Records one run of background work over `n_events` that took `took`.
+    pub fn observe_background(&self, task: Background, n_events: u64, took: Duration) {
+        let (events, micros) = &self.background[task as usize];
+        events.fetch_add(n_events, Ordering::Relaxed);
+        micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
         );
     }
 
@@ -139,6 +170,26 @@ impl Metrics {
             &LATENCY_BUCKETS_US,
             1e6,
         );
+        out.push_str("# HELP trailkeep_background_events_total Events handled by background work after acknowledgment.\n");
+        out.push_str("# TYPE trailkeep_background_events_total counter\n");
+        out.push_str(
+            "# HELP trailkeep_background_seconds_total Time the writer spent on background work.\n",
+        );
+        out.push_str("# TYPE trailkeep_background_seconds_total counter\n");
+        for task in [Background::Fold, Background::Fts] {
+            let (events, micros) = &self.background[task as usize];
+            let label = task.label();
+            let _ = writeln!(
+                out,
+                "trailkeep_background_events_total{{task=\"{label}\"}} {}",
+                events.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "trailkeep_background_seconds_total{{task=\"{label}\"}} {}",
+                micros.load(Ordering::Relaxed) as f64 / 1e6
+            );
+        }
         out
     }
 }

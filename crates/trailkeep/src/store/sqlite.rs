@@ -37,7 +37,7 @@ use super::{
 };
 use crate::config::CommitConfig;
 use crate::keys;
-use crate::metrics::Metrics;
+use crate::metrics::{Background, Metrics};
 use crate::model::Time;
 
 /// How long an idempotency key is remembered.
@@ -627,8 +627,27 @@ impl Writer {
     /// Folds up to [`FOLD_CHUNK`] tail rows; returns how many.
     fn fold_chunk(&mut self) -> i64 {
         self.last_fold = Instant::now();
-        match fold(&mut self.conn, FOLD_CHUNK) {
+        // A fold only moves rows the tail already holds durably, in one
+        // transaction: if it is lost, the tail still has them. So it need not
+        // wait for fsync; the next acknowledging commit syncs the WAL anyway.
+        let res = self
+            .conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(StoreError::from)
+            .and_then(|()| fold(&mut self.conn, FOLD_CHUNK));
+        if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
+            tracing::error!(error = %e, "cannot restore synchronous=FULL; stopping the writer");
+            self.broken = true;
+        }
+        match res {
             Ok((n, hi)) => {
+                if n > 0 {
+                    self.metrics.observe_background(
+                        Background::Fold,
+                        n as u64,
+                        self.last_fold.elapsed(),
+                    );
+                }
                 self.tail_len = (self.tail_len - n).max(0);
                 if n < FOLD_CHUNK {
                     // Another process may have folded too: all that was
@@ -778,6 +797,8 @@ impl Writer {
                 )?;
                 tx.commit()?;
                 self.fts_watermark = last;
+                self.metrics
+                    .observe_background(Background::Fts, n as u64, self.last_fts.elapsed());
             }
             Ok(n)
         })();
