@@ -25,7 +25,8 @@ use crate::ingest::validate::new_event_id;
 use crate::model::{Actor, ActorType, Context, LEAF_VERSION, Outcome, RequestInfo, Target};
 use crate::model::{Event, Time};
 use crate::store::{
-    AppendJob, AppendOutcome, EventQuery, Idempotency, Principal, Receipt, StoredResponse, TreeHead,
+    AppendJob, AppendOutcome, Cursor, EventQuery, Idempotency, Principal, Receipt, StoredResponse,
+    TreeHead,
 };
 use serde_json::Map;
 
@@ -376,17 +377,27 @@ async fn create_batch(
     ))
 }
 
-fn encode_cursor(seq: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("s:{seq}"))
+/// `s:{seq}` for an arrival-ordered listing, `t:{occurred_at micros}:{seq}`
+/// for a time-ordered one, base64url without padding. The `s:` form is the
+/// one every earlier cursor has, so those stay valid.
+fn encode_cursor(c: Cursor) -> String {
+    URL_SAFE_NO_PAD.encode(match c {
+        Cursor::Seq(seq) => format!("s:{seq}"),
+        Cursor::Time { occurred_at, seq } => format!("t:{occurred_at}:{seq}"),
+    })
 }
 
-fn decode_cursor(c: &str) -> Option<i64> {
+fn decode_cursor(c: &str) -> Option<Cursor> {
     let raw = URL_SAFE_NO_PAD.decode(c).ok()?;
-    std::str::from_utf8(&raw)
-        .ok()?
-        .strip_prefix("s:")?
-        .parse()
-        .ok()
+    let text = std::str::from_utf8(&raw).ok()?;
+    if let Some(seq) = text.strip_prefix("s:") {
+        return Some(Cursor::Seq(seq.parse().ok()?));
+    }
+    let (occurred_at, seq) = text.strip_prefix("t:")?.split_once(':')?;
+    Some(Cursor::Time {
+        occurred_at: occurred_at.parse().ok()?,
+        seq: seq.parse().ok()?,
+    })
 }
 
 /// Splits free text into the terms the full-text index holds: runs of
@@ -473,8 +484,10 @@ fn parse_query(params: &HashMap<String, String>, max_page: usize) -> Result<Even
         }
     }
     if let Some(c) = non_empty("cursor") {
-        match decode_cursor(&c) {
-            Some(seq) => q.before = Some(seq),
+        // A cursor pages only the kind of listing it came from: the time
+        // filters pick the order, so they must be given again alike.
+        match decode_cursor(&c).filter(|c| c.order() == q.order()) {
+            Some(cursor) => q.before = Some(cursor),
             None => bad(
                 "cursor",
                 "invalid",
@@ -493,6 +506,11 @@ fn parse_query(params: &HashMap<String, String>, max_page: usize) -> Result<Even
 }
 
 /// List events, newest first.
+///
+/// Without `since` or `until` the order is arrival order (newest arrival
+/// first). With either, it is event time: `occurred_at` descending, events
+/// with equal `occurred_at` newest arrival first. A `cursor` continues only
+/// a listing of the same kind, so repeat the filters of the first page.
 #[utoipa::path(get, path = "/v1/events",
     params(
         ("tenant" = Option<String>, Query, description = "Exact tenant"),
@@ -501,11 +519,11 @@ fn parse_query(params: &HashMap<String, String>, max_page: usize) -> Result<Even
         ("target" = Option<String>, Query, description = "Exact target id"),
         ("tag" = Option<String>, Query, description = "Exact tag"),
         ("result" = Option<String>, Query, description = "success or failure"),
-        ("since" = Option<String>, Query, description = "occurred_at >= since (RFC 3339)"),
-        ("until" = Option<String>, Query, description = "occurred_at < until (RFC 3339)"),
+        ("since" = Option<String>, Query, description = "occurred_at >= since (RFC 3339); orders the listing by occurred_at"),
+        ("until" = Option<String>, Query, description = "occurred_at < until (RFC 3339); orders the listing by occurred_at"),
         ("q" = Option<String>, Query, description = "Full text: every word must appear"),
         ("limit" = Option<usize>, Query, description = "Page size, default 50"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page, with the same filters; a cursor from a listing with `since`/`until` used without them, or the reverse, is refused (400)"),
     ),
     responses((status = 200, description = "`{\"data\": [event, ...], \"next_cursor\": string|null}`"), (status = 400), (status = 401)),
     security(("bearer" = [])))]
@@ -528,7 +546,7 @@ async fn list_events(
     }
     body.extend_from_slice(b"],\"next_cursor\":");
     match page.next_before {
-        Some(seq) => body.extend_from_slice(format!("\"{}\"}}", encode_cursor(seq)).as_bytes()),
+        Some(c) => body.extend_from_slice(format!("\"{}\"}}", encode_cursor(c)).as_bytes()),
         None => body.extend_from_slice(b"null}"),
     }
     Ok(json_response(StatusCode::OK, body))
@@ -1019,6 +1037,22 @@ mod tests {
             ("/context/ip", "invalid"),
         ] {
             assert!(fields.contains(&want), "missing {want:?} in {fields:?}");
+        }
+    }
+
+    #[test]
+    fn cursors_keep_their_wire_format() {
+        // `s:` is the format of every cursor issued before time ordering.
+        assert_eq!(encode_cursor(Cursor::Seq(42)), "czo0Mg");
+        assert_eq!(decode_cursor("czo0Mg"), Some(Cursor::Seq(42)));
+        let t = Cursor::Time {
+            occurred_at: -5,
+            seq: 7,
+        };
+        assert_eq!(URL_SAFE_NO_PAD.decode(encode_cursor(t)).unwrap(), b"t:-5:7");
+        assert_eq!(decode_cursor(&encode_cursor(t)), Some(t));
+        for bad in ["t:1", "t:1:2:3", "t:x:2", "s:", "u:1", "s:1:2"] {
+            assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode(bad)), None, "{bad}");
         }
     }
 }

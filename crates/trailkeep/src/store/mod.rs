@@ -147,21 +147,93 @@ pub struct EventQuery {
     pub until: Option<Time>,
     /// Full-text terms, all of which must appear.
     pub text_terms: Vec<String>,
-    /// Only events with `seq < before` (keyset cursor).
-    pub before: Option<i64>,
+    /// Only events after this position in the listing's order (keyset
+    /// cursor). Either kind is applied as written; pass the kind that
+    /// [`EventQuery::order`] names, or the pages do not follow each other.
+    pub before: Option<Cursor>,
     /// Only events with leaf index `< before_index` (with `tenant` set).
     pub before_index: Option<u64>,
     /// Page size.
     pub limit: usize,
 }
 
-/// One page of results, newest first.
+impl EventQuery {
+    /// The order of this listing: by event time when a time window is given.
+    #[must_use]
+    pub fn order(&self) -> ListOrder {
+        if self.since.is_some() || self.until.is_some() {
+            ListOrder::Time
+        } else {
+            ListOrder::Seq
+        }
+    }
+}
+
+/// How a listing is ordered; always descending, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListOrder {
+    /// `seq DESC`: arrival (commit) order.
+    Seq,
+    /// `occurred_at DESC, seq DESC`: event time, ties by arrival. Used when
+    /// `since` or `until` is given, so a time window is one index range read
+    /// in order that stops after the page.
+    Time,
+}
+
+/// A keyset position: the listing key of the last event of a page. The
+/// next page holds the events strictly after it in the listing's order.
+///
+/// Within one kind the derived order is the listing key order (ascending;
+/// listings run it descending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cursor {
+    /// In a [`ListOrder::Seq`] listing: the events with a smaller `seq` follow.
+    Seq(i64),
+    /// In a [`ListOrder::Time`] listing: the events with a smaller
+    /// `(occurred_at, seq)` follow.
+    Time {
+        /// `occurred_at` in microseconds since the epoch.
+        occurred_at: i64,
+        /// `seq`, which breaks ties between equal `occurred_at`.
+        seq: i64,
+    },
+}
+
+impl Cursor {
+    /// The kind of listing this cursor pages.
+    #[must_use]
+    pub fn order(&self) -> ListOrder {
+        match self {
+            Self::Seq(_) => ListOrder::Seq,
+            Self::Time { .. } => ListOrder::Time,
+        }
+    }
+
+    /// The event's `seq`.
+    #[must_use]
+    pub fn seq(&self) -> i64 {
+        match *self {
+            Self::Seq(seq) | Self::Time { seq, .. } => seq,
+        }
+    }
+
+    /// The position of an event with these keys in a listing of `order`.
+    #[must_use]
+    pub fn at(order: ListOrder, seq: i64, occurred_at: i64) -> Self {
+        match order {
+            ListOrder::Seq => Self::Seq(seq),
+            ListOrder::Time => Self::Time { occurred_at, seq },
+        }
+    }
+}
+
+/// One page of results, in the query's [`ListOrder`].
 #[derive(Debug, Clone)]
 pub struct Page {
     /// Matching events.
     pub events: Vec<StoredEvent>,
     /// Present when more results follow: pass as `before` for the next page.
-    pub next_before: Option<i64>,
+    pub next_before: Option<Cursor>,
 }
 
 /// The project an API key belongs to.
@@ -274,7 +346,7 @@ pub trait EventStore: Send + Sync {
     fn append(&self, job: AppendJob) -> StoreFuture<'_, AppendOutcome>;
     /// One event by id within a project.
     fn get(&self, project: ProjectId, id: Uuid) -> StoreFuture<'_, Option<StoredEvent>>;
-    /// Lists events newest first.
+    /// Lists events newest first, in the query's [`EventQuery::order`].
     fn query(&self, project: ProjectId, query: EventQuery) -> StoreFuture<'_, Page>;
     /// The principal of an API key, by the key's SHA-256.
     fn authenticate(&self, key_hash: [u8; 32]) -> StoreFuture<'_, Option<Principal>>;

@@ -31,10 +31,13 @@ use crate::keys;
 use crate::metrics::Metrics;
 use crate::model::Time;
 
+use super::{Cursor, ListOrder};
+
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
     include_str!("sql/postgres_001_init.sql"),
     include_str!("sql/postgres_002_rate_limits.sql"),
+    include_str!("sql/postgres_003_time_order.sql"),
 ];
 /// Advisory lock held while migrating or bootstrapping (`b"trailk"`).
 const LOCK_KEY: i64 = 0x7472_6169_6c6b;
@@ -730,8 +733,11 @@ impl EventStore for PgStore {
 
     fn query(&self, project: ProjectId, q: EventQuery) -> StoreFuture<'_, Page> {
         Box::pin(async move {
-            let mut sql =
-                String::from("SELECT seq, tenant_id, idx, leaf FROM events WHERE project_id = $1");
+            let order = q.order();
+            // Column 4 is the listing's occurred_at, not a stored hash.
+            let mut sql = String::from(
+                "SELECT seq, tenant_id, idx, leaf, occurred_at FROM events WHERE project_id = $1",
+            );
             let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(project)];
             let mut arg = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync + Send>| {
                 args.push(v);
@@ -773,8 +779,28 @@ impl EventStore for PgStore {
             if let Some(s) = q.since {
                 arg(&mut sql, " AND occurred_at >= {p}", Box::new(s.as_micros()));
             }
-            if let Some(u) = q.until {
-                arg(&mut sql, " AND occurred_at < {p}", Box::new(u.as_micros()));
+            // One upper bound on occurred_at, so a reverse scan of
+            // events_by_time (project_id, occurred_at, seq) starts right at
+            // the cursor: the row comparison is an index condition there.
+            // `until` is left out when the cursor implies it, and the
+            // cursor when `until` implies it.
+            let until = q.until.map(Time::as_micros);
+            match q.before {
+                Some(Cursor::Time { occurred_at, seq })
+                    if until.is_none_or(|u| occurred_at < u) =>
+                {
+                    arg(
+                        &mut sql,
+                        " AND (occurred_at, seq) < ({p}",
+                        Box::new(occurred_at),
+                    );
+                    arg(&mut sql, ", {p})", Box::new(seq));
+                }
+                _ => {
+                    if let Some(u) = until {
+                        arg(&mut sql, " AND occurred_at < {p}", Box::new(u));
+                    }
+                }
             }
             if !q.text_terms.is_empty() {
                 arg(
@@ -786,27 +812,26 @@ impl EventStore for PgStore {
             if let Some(b) = q.before_index {
                 arg(&mut sql, " AND idx < {p}", Box::new(b as i64));
             }
-            if let Some(b) = q.before {
+            if let Some(Cursor::Seq(b)) = q.before {
                 arg(&mut sql, " AND seq < {p}", Box::new(b));
             }
-            arg(
-                &mut sql,
-                " ORDER BY seq DESC LIMIT {p}",
-                Box::new(q.limit as i64 + 1),
-            );
+            let order_by = match order {
+                ListOrder::Seq => " ORDER BY seq DESC LIMIT {p}",
+                ListOrder::Time => " ORDER BY occurred_at DESC, seq DESC LIMIT {p}",
+            };
+            arg(&mut sql, order_by, Box::new(q.limit as i64 + 1));
             let c = self.client().await?;
             let params: Vec<&(dyn ToSql + Sync)> = args
                 .iter()
                 .map(|a| a.as_ref() as &(dyn ToSql + Sync))
                 .collect();
             let rows = c.query(&sql, &params).await.map_err(pg_error)?;
-            let mut events: Vec<StoredEvent> =
-                rows.iter().map(|r| stored_event(r, false)).collect();
-            let next_before = if events.len() > q.limit {
-                events.truncate(q.limit);
-                events.last().map(|e| e.seq)
-            } else {
-                None
+            let more = rows.len() > q.limit;
+            let rows = &rows[..rows.len().min(q.limit)];
+            let events: Vec<StoredEvent> = rows.iter().map(|r| stored_event(r, false)).collect();
+            let next_before = match rows.last() {
+                Some(r) if more => Some(Cursor::at(order, r.get(0), r.get(4))),
+                _ => None,
             };
             Ok(Page {
                 events,

@@ -40,6 +40,8 @@ use crate::keys;
 use crate::metrics::{Background, Metrics};
 use crate::model::Time;
 
+use super::{Cursor, ListOrder};
+
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
 /// Most events the deferred full-text indexer handles per transaction.
@@ -1003,15 +1005,20 @@ fn fts_query(terms: &[String]) -> String {
 const PREFIX_SPLIT_MAX: usize = 64;
 
 /// An action prefix matching few distinct actions is answered as one
-/// exact-action query per action (each an index scan in `seq` order that
-/// stops after `limit + 1` rows), merged by `seq`. A single range query
-/// would read every matching row and sort them.
-fn run_prefix_query(
+/// exact-action key query per action (each a scan of `events_by_action` in
+/// `seq` order that stops after `limit + 1` rows), merged by the listing
+/// key. A single range query would read every matching row and sort them.
+/// `None` when the prefix matches too many actions to split.
+///
+/// Only `Seq` listings are split: in a time window each exact-action query
+/// would scan the window on `events_by_time` itself, so one range query
+/// over the window, filtered by the prefix, does the work once.
+fn prefix_keys(
     conn: &Connection,
     project: ProjectId,
     q: &EventQuery,
     prefix: &str,
-) -> Result<Option<Page>, StoreError> {
+) -> Result<Option<Vec<Cursor>>, StoreError> {
     let actions: Vec<String> = conn
         .prepare_cached("SELECT action FROM event_actions WHERE project_id = ?1 AND action >= ?2 AND action < ?3 LIMIT ?4")?
         .query_map(params![project, prefix, format!("{prefix}\u{10FFFF}"), PREFIX_SPLIT_MAX as i64 + 1], |r| r.get(0))?
@@ -1019,43 +1026,57 @@ fn run_prefix_query(
     if actions.len() > PREFIX_SPLIT_MAX {
         return Ok(None);
     }
-    let mut events = Vec::new();
-    let mut more = false;
+    // Each action's first `limit + 1` keys include every one of its keys
+    // among the merged first `limit + 1`, so the merge is exact.
+    let mut keys = Vec::new();
     for action in actions {
         let exact = EventQuery {
             action: Some(action),
             action_prefix: None,
             ..q.clone()
         };
-        let page = run_query(conn, project, &exact)?;
-        more |= page.next_before.is_some();
-        events.extend(page.events);
+        keys.extend(page_keys(conn, project, &exact)?);
     }
-    events.sort_by_key(|e| std::cmp::Reverse(e.seq));
-    more |= events.len() > q.limit;
-    events.truncate(q.limit);
-    let next_before = if more {
-        events.last().map(|e| e.seq)
-    } else {
-        None
-    };
-    Ok(Some(Page {
-        events,
-        next_before,
-    }))
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    keys.truncate(q.limit + 1);
+    Ok(Some(keys))
 }
 
-fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Page, StoreError> {
-    if let (Some(prefix), None) = (&q.action_prefix, &q.action)
-        && let Some(page) = run_prefix_query(conn, project, q, prefix)?
-    {
-        return Ok(page);
-    }
-    // Two steps: pick the page's seqs first, then read those rows. Every
-    // index holds the rowid (seq), so a filter answered from an index picks
-    // and sorts seqs without touching the table; sorting whole rows, leaf
-    // blobs included, made a 1 % time range over 10 M events take ~0.5 s.
-    let mut sql = String::from("SELECT seq FROM events WHERE project_id = ?1");
+/// The listing keys of up to `limit + 1` matching events, in the query's
+/// order; a `limit + 1`-th key only says that more follow.
+///
+/// Every index holds the rowid (seq), so a filter answered from an index
+/// picks and orders keys without touching the table; the rows are read
+/// afterwards, for the page only. A `Seq` listing selects `seq` alone so
+/// that `events_by_project`, `events_by_actor` and `events_by_action`
+/// stay covering. A `Time` listing is answered by `events_by_time`
+/// (`project_id, occurred_at`, then the implicit rowid): a reverse range
+/// scan that yields `occurred_at DESC, seq DESC` and stops after the page.
+fn page_keys(
+    conn: &Connection,
+    project: ProjectId,
+    q: &EventQuery,
+) -> Result<Vec<Cursor>, StoreError> {
+    let order = q.order();
+    let (sql, args) = page_keys_sql(project, q);
+    let keys = conn
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            let seq: i64 = r.get(0)?;
+            let occurred_at: Option<i64> = r.get(1)?;
+            Ok(Cursor::at(order, seq, occurred_at.unwrap_or_default()))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(keys)
+}
+
+/// The statement of [`page_keys`] and its arguments.
+fn page_keys_sql(project: ProjectId, q: &EventQuery) -> (String, Vec<rusqlite::types::Value>) {
+    let order = q.order();
+    let mut sql = String::from(match order {
+        ListOrder::Seq => "SELECT seq, NULL FROM events WHERE project_id = ?1",
+        ListOrder::Time => "SELECT seq, occurred_at FROM events WHERE project_id = ?1",
+    });
     let mut args: Vec<rusqlite::types::Value> = vec![project.into()];
     let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
         args.push(v);
@@ -1098,8 +1119,22 @@ fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Pa
     if let Some(s) = q.since {
         arg(&mut sql, " AND occurred_at >= @", s.as_micros().into());
     }
-    if let Some(u) = q.until {
-        arg(&mut sql, " AND occurred_at < @", u.as_micros().into());
+    // SQLite bounds an index range by one upper bound per column and checks
+    // any other as a filter, so `until` and a time cursor's `occurred_at`
+    // are folded into one exclusive bound: the scan starts at the cursor
+    // instead of at `until`. Entries tied with the cursor's `occurred_at`
+    // and not after it are then skipped by the `seq` test on the index
+    // entry itself (SQLite does not seek on the rowid after a range), so a
+    // page inside a run of equal `occurred_at` steps over the run's earlier
+    // pages.
+    let mut upper = q.until.map(Time::as_micros);
+    if let Some(Cursor::Time { occurred_at, .. }) = q.before
+        && let Some(next) = occurred_at.checked_add(1)
+    {
+        upper = Some(upper.map_or(next, |u| u.min(next)));
+    }
+    if let Some(u) = upper {
+        arg(&mut sql, " AND occurred_at < @", u.into());
     }
     if !q.text_terms.is_empty() {
         arg(
@@ -1111,34 +1146,46 @@ fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Pa
     if let Some(b) = q.before_index {
         arg(&mut sql, " AND idx < @", (b as i64).into());
     }
-    if let Some(b) = q.before {
-        arg(&mut sql, " AND seq < @", b.into());
+    match q.before {
+        None => {}
+        Some(Cursor::Seq(b)) => arg(&mut sql, " AND seq < @", b.into()),
+        Some(Cursor::Time { occurred_at, seq }) => {
+            arg(&mut sql, " AND (occurred_at < @", occurred_at.into());
+            arg(&mut sql, " OR seq < @)", seq.into());
+        }
     }
-    arg(
-        &mut sql,
-        " ORDER BY seq DESC LIMIT @",
-        (q.limit as i64 + 1).into(),
-    );
-    let mut seqs: Vec<i64> = conn
-        .prepare_cached(&sql)?
-        .query_map(rusqlite::params_from_iter(args), |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let more = seqs.len() > q.limit;
-    seqs.truncate(q.limit);
+    let order_by = match order {
+        ListOrder::Seq => " ORDER BY seq DESC LIMIT @",
+        ListOrder::Time => " ORDER BY occurred_at DESC, seq DESC LIMIT @",
+    };
+    arg(&mut sql, order_by, (q.limit as i64 + 1).into());
+    (sql, args)
+}
+
+#[cfg(test)]
+mod query_plan;
+
+/// A page: its keys first (see [`page_keys`]), then the rows of those keys.
+fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Page, StoreError> {
+    let split = match (&q.action_prefix, &q.action, q.order()) {
+        (Some(prefix), None, ListOrder::Seq) => prefix_keys(conn, project, q, prefix)?,
+        _ => None,
+    };
+    let mut keys = match split {
+        Some(keys) => keys,
+        None => page_keys(conn, project, q)?,
+    };
+    let more = keys.len() > q.limit;
+    keys.truncate(q.limit);
     let mut fetch =
         conn.prepare_cached("SELECT seq, tenant_id, idx, leaf FROM events WHERE seq = ?1")?;
-    let events: Vec<StoredEvent> = seqs
+    let events: Vec<StoredEvent> = keys
         .iter()
-        .map(|seq| fetch.query_row(params![seq], stored_event))
+        .map(|key| fetch.query_row(params![key.seq()], stored_event))
         .collect::<Result<_, _>>()?;
-    let next_before = if more {
-        events.last().map(|e| e.seq)
-    } else {
-        None
-    };
     Ok(Page {
         events,
-        next_before,
+        next_before: if more { keys.last().copied() } else { None },
     })
 }
 

@@ -477,3 +477,131 @@ async fn openapi_document_is_served_and_matches_the_checked_in_copy() {
         "openapi.json is stale: run `UPDATE_EXPECT=1 cargo test openapi` and commit it"
     );
 }
+
+/// Arrival order e0..e7, `occurred_at` out of order with three ties at
+/// 2026-01-01T02:00Z; the action is `u.<name>` or `v.<name>`.
+async fn seed_out_of_time_order(s: &TestServer) {
+    for (name, family, hour) in [
+        ("e0", "u", 3),
+        ("e1", "u", 1),
+        ("e2", "v", 2),
+        ("e3", "u", 2),
+        ("e4", "v", 5),
+        ("e5", "u", 0),
+        ("e6", "v", 2),
+        ("e7", "u", 4),
+    ] {
+        let body = json!({
+            "action": format!("{family}.{name}"), "actor": {"id": "ann"},
+            "occurred_at": format!("2026-01-01T{hour:02}:00:00Z"),
+            "description": format!("{name} happened"),
+        });
+        let (status, res) = s.post("/v1/events", KEY, &body).await;
+        assert_eq!(status, 201, "{res}");
+    }
+}
+
+/// The actions of a listing, following cursors `limit` events at a time.
+async fn paged(s: &TestServer, query: &str, limit: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let path = format!("/v1/events?limit={limit}&{query}{cursor}");
+        let (status, body) = s.get(&path, KEY).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let data = body["data"].as_array().unwrap();
+        assert!(data.len() <= limit);
+        out.extend(
+            data.iter()
+                .map(|e| e["action"].as_str().unwrap().to_owned()),
+        );
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => return out,
+        }
+    }
+}
+
+const WINDOW: &str = "since=2026-01-01T01:00:00Z&until=2026-01-01T05:00:00Z";
+
+#[tokio::test]
+async fn a_time_window_lists_by_event_time_and_pages_through_ties() {
+    let s = TestServer::start().await;
+    seed_out_of_time_order(&s).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await; // full-text indexing is deferred (< 1 s)
+    let by_time = ["u.e7", "u.e0", "v.e6", "u.e3", "v.e2", "u.e1"];
+    for limit in [1, 2, 50] {
+        assert_eq!(paged(&s, WINDOW, limit).await, by_time, "limit {limit}");
+    }
+    // Without a time filter: arrival order.
+    let by_arrival = [
+        "u.e7", "v.e6", "u.e5", "v.e4", "u.e3", "v.e2", "u.e1", "u.e0",
+    ];
+    for limit in [1, 3] {
+        assert_eq!(paged(&s, "", limit).await, by_arrival, "limit {limit}");
+    }
+    // One bound is enough to order by time.
+    assert_eq!(
+        paged(&s, "until=2026-01-01T02:00:01Z", 2).await,
+        ["v.e6", "u.e3", "v.e2", "u.e1", "u.e5"]
+    );
+    assert_eq!(
+        paged(&s, "since=2026-01-01T03:00:00Z", 1).await,
+        ["v.e4", "u.e7", "u.e0"]
+    );
+    // Filters within the window keep its order, the split prefix included.
+    let cases: &[(&str, &[&str])] = &[
+        ("action=u.*", &["u.e7", "u.e0", "u.e3", "u.e1"]),
+        ("action=v.*", &["v.e6", "v.e2"]),
+        ("actor=ann", &by_time),
+        ("q=happened", &by_time),
+        ("q=e3", &["u.e3"]),
+        ("q=happened&action=u.*", &["u.e7", "u.e0", "u.e3", "u.e1"]),
+    ];
+    for (filter, want) in cases {
+        for limit in [1, 2, 50] {
+            assert_eq!(
+                paged(&s, &format!("{WINDOW}&{filter}"), limit).await,
+                *want,
+                "{filter}, limit {limit}"
+            );
+        }
+    }
+    assert_eq!(
+        paged(&s, "action=u.*", 2).await,
+        ["u.e7", "u.e5", "u.e3", "u.e1", "u.e0"],
+        "a prefix without a window is in arrival order"
+    );
+}
+
+#[tokio::test]
+async fn a_cursor_only_continues_a_listing_of_its_own_order() {
+    let s = TestServer::start().await;
+    seed_out_of_time_order(&s).await;
+    let cursor = |body: &Value| body["next_cursor"].as_str().unwrap().to_owned();
+    let (_, by_time) = s.get(&format!("/v1/events?limit=1&{WINDOW}"), KEY).await;
+    let (_, by_seq) = s.get("/v1/events?limit=1", KEY).await;
+    let (time_cursor, seq_cursor) = (cursor(&by_time), cursor(&by_seq));
+    assert_ne!(time_cursor, seq_cursor);
+    for path in [
+        format!("/v1/events?cursor={time_cursor}"),
+        format!("/v1/events?cursor={time_cursor}&action=u.*"),
+        format!("/v1/events?cursor={seq_cursor}&{WINDOW}"),
+        format!("/v1/events?cursor={seq_cursor}&since=2026-01-01T00:00:00Z"),
+    ] {
+        let (st, b) = s.get(&path, KEY).await;
+        problem(st, &b, 400, "invalid_query");
+        assert_eq!(b["errors"][0]["field"], "cursor", "{path}: {b}");
+        assert_eq!(
+            b["errors"][0]["message"], "is not a cursor returned by this API",
+            "{path}: {b}"
+        );
+    }
+    // Each continues its own kind.
+    let (st, b) = s
+        .get(&format!("/v1/events?cursor={time_cursor}&{WINDOW}"), KEY)
+        .await;
+    assert_eq!((st, b["data"][0]["action"].as_str()), (200, Some("u.e0")));
+    let (st, b) = s.get(&format!("/v1/events?cursor={seq_cursor}"), KEY).await;
+    assert_eq!((st, b["data"][0]["action"].as_str()), (200, Some("v.e6")));
+}

@@ -371,6 +371,193 @@ async fn check_store(store: Arc<dyn EventStore>, p1: i64, p2: i64, key_hash: [u8
     s.ping().await.unwrap();
 }
 
+/// Listings with a time window are in event-time order (`occurred_at`
+/// DESC, then seq DESC) and page by that pair; without one, in arrival
+/// order. `p` is a project with no events yet.
+async fn check_time_order(s: &dyn EventStore, p: i64) {
+    use trailkeep::store::{Cursor, ListOrder, Page};
+    const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+    /// `T0` plus `m` minutes.
+    fn min(m: i64) -> Time {
+        Time::from_micros(T0 + m * 60_000_000)
+    }
+    /// Minutes [0, 9), changed by `f`.
+    fn window(f: impl FnOnce(&mut EventQuery)) -> EventQuery {
+        let mut q = EventQuery {
+            since: Some(min(0)),
+            until: Some(min(9)),
+            limit: 100,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    }
+    // Arrival order e0..e9; occurred_at out of order, with ties at minute 2.
+    let spec: &[(&str, &str, &str, i64)] = &[
+        ("e0", "u.login", "ann", 3),
+        ("e1", "u.logout", "bob", 1),
+        ("e2", "v.read", "ann", 2),
+        ("e3", "u.login", "bob", 2),
+        ("e4", "v.read", "ann", 2),
+        ("e5", "u.logout", "ann", 0),
+        ("e6", "u.login", "cat", 9),
+        ("e7", "v.read", "bob", 2),
+        ("e8", "u.login", "ann", -1),
+        ("e9", "u.logout", "ann", 2),
+    ];
+    for (name, action, actor, m) in spec {
+        let mut e = event("time", action, actor);
+        e.occurred_at = min(*m);
+        e.description = Some(format!("{name} happened"));
+        e.tags = vec![format!("tag-{actor}")];
+        committed(s, job(p, vec![e])).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // deferred full-text indexing
+    let names = |page: &Page| -> Vec<String> {
+        page.events
+            .iter()
+            .map(|e| {
+                let d = Event::from_leaf(&e.leaf).unwrap().description.unwrap();
+                d.split(' ').next().unwrap().to_owned()
+            })
+            .collect()
+    };
+    // Every page size walks the same sequence, each event once.
+    let walk = |q: EventQuery| async move {
+        let mut out = Vec::new();
+        let mut q = q;
+        loop {
+            let page = s.query(p, q.clone()).await.unwrap();
+            out.extend(names(&page));
+            match page.next_before {
+                Some(c) => {
+                    assert_eq!(c.order(), q.order(), "the cursor is of the listing's kind");
+                    q.before = Some(c);
+                }
+                None => return out,
+            }
+        }
+    };
+    let in_window = ["e0", "e9", "e7", "e4", "e3", "e2", "e1", "e5"];
+    assert_eq!(window(|_| {}).order(), ListOrder::Time);
+    for limit in [100, 1, 2, 3] {
+        let q = window(|q| q.limit = limit);
+        assert_eq!(walk(q).await, in_window, "time window, limit {limit}");
+    }
+    // Without a time filter: arrival order, seq cursors.
+    let all = EventQuery {
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        walk(all.clone()).await,
+        ["e9", "e8", "e7", "e6", "e5", "e4", "e3", "e2", "e1", "e0"]
+    );
+    assert!(matches!(
+        s.query(p, all).await.unwrap().next_before,
+        Some(Cursor::Seq(_))
+    ));
+    // One bound alone also orders by time.
+    let since_only = EventQuery {
+        since: Some(min(2)),
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        walk(since_only).await,
+        ["e6", "e0", "e9", "e7", "e4", "e3", "e2"]
+    );
+    let until_only = EventQuery {
+        until: Some(min(2)),
+        limit: 1,
+        ..Default::default()
+    };
+    assert_eq!(walk(until_only).await, ["e1", "e5", "e8"]);
+    // The page after a cursor inside a tie, and a cursor at `until`.
+    let first = s.query(p, window(|q| q.limit = 3)).await.unwrap();
+    assert_eq!(names(&first), ["e0", "e9", "e7"]);
+    let Some(Cursor::Time { occurred_at, .. }) = first.next_before else {
+        panic!(
+            "a time-ordered page has a time cursor: {:?}",
+            first.next_before
+        )
+    };
+    assert_eq!(occurred_at, min(2).as_micros());
+    let rest = s
+        .query(p, window(|q| q.before = first.next_before))
+        .await
+        .unwrap();
+    assert_eq!(names(&rest), ["e4", "e3", "e2", "e1", "e5"]);
+    assert!(rest.next_before.is_none());
+    // Filters combined with the window keep the time order.
+    for (what, q, want) in [
+        (
+            "prefix",
+            window(|q| q.action_prefix = Some("u.".into())),
+            &["e0", "e9", "e3", "e1", "e5"][..],
+        ),
+        (
+            "exact action",
+            window(|q| q.action = Some("v.read".into())),
+            &["e7", "e4", "e2"][..],
+        ),
+        (
+            "actor",
+            window(|q| q.actor = Some("ann".into())),
+            &["e0", "e9", "e4", "e2", "e5"][..],
+        ),
+        (
+            "tag",
+            window(|q| q.tag = Some("tag-bob".into())),
+            &["e7", "e3", "e1"][..],
+        ),
+        (
+            "target",
+            window(|q| q.target = Some("doc-u.logout".into())),
+            &["e9", "e1", "e5"][..],
+        ),
+        (
+            "tenant",
+            window(|q| q.tenant = Some("time".into())),
+            &in_window[..],
+        ),
+        (
+            "full text",
+            window(|q| q.text_terms = vec!["happened".into()]),
+            &in_window[..],
+        ),
+        (
+            "full text, one event",
+            window(|q| q.text_terms = vec!["e3".into()]),
+            &["e3"][..],
+        ),
+    ] {
+        for limit in [100, 1, 2] {
+            let q = EventQuery { limit, ..q.clone() };
+            assert_eq!(walk(q).await, want, "{what}, limit {limit}");
+        }
+    }
+    // A prefix without a window merges by seq.
+    let prefix = EventQuery {
+        action_prefix: Some("u.".into()),
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        walk(prefix).await,
+        ["e9", "e8", "e6", "e5", "e3", "e1", "e0"]
+    );
+    // Tenant paging by leaf index stays in index (arrival) order.
+    let by_index = EventQuery {
+        tenant: Some("time".into()),
+        before_index: Some(4),
+        limit: 10,
+        ..Default::default()
+    };
+    let page = s.query(p, by_index).await.unwrap();
+    assert_eq!(names(&page), ["e3", "e2", "e1", "e0"]);
+}
+
 fn commit() -> CommitConfig {
     CommitConfig::default()
 }
@@ -384,16 +571,13 @@ async fn sqlite_store_conformance() {
     admin::add_key(&conn, "p1", "key-one").unwrap();
     let p1 = admin::project_id(&conn, "p1").unwrap().unwrap();
     let p2 = admin::ensure_project(&conn, "p2").unwrap();
+    let p3 = admin::ensure_project(&conn, "p3").unwrap();
     let store =
         trailkeep::store::sqlite::SqliteStore::open(&db, &commit(), Arc::new(Metrics::default()))
             .unwrap();
-    check_store(
-        Arc::new(store),
-        p1,
-        p2,
-        trailkeep::keys::hash_key("key-one"),
-    )
-    .await;
+    let store = Arc::new(store);
+    check_time_order(store.as_ref(), p3).await;
+    check_store(store, p1, p2, trailkeep::keys::hash_key("key-one")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,14 +594,11 @@ async fn postgres_store_conformance() {
     admin::add_key(&c, "p1", "key-one").await.unwrap();
     let p1 = admin::project_id(&c, "p1").await.unwrap().unwrap();
     let p2 = admin::ensure_project(&c, "p2").await.unwrap();
+    let p3 = admin::ensure_project(&c, "p3").await.unwrap();
     drop(c);
-    check_store(
-        Arc::new(store),
-        p1,
-        p2,
-        trailkeep::keys::hash_key("key-one"),
-    )
-    .await;
+    let store = Arc::new(store);
+    check_time_order(store.as_ref(), p3).await;
+    check_store(store, p1, p2, trailkeep::keys::hash_key("key-one")).await;
 }
 
 #[test]
