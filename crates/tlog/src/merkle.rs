@@ -389,23 +389,37 @@ impl Frontier {
     /// Appends a leaf hash; returns every node the append completes (the
     /// level-0 node first), all of which must be stored with the leaf.
     pub fn append(&mut self, leaf: Hash) -> Vec<(NodeId, Hash)> {
-        let mut created = vec![(NodeId::new(0, self.size), leaf)];
+        let mut created = Vec::with_capacity(2);
+        self.append_with(leaf, |id, hash| created.push((id, hash)));
+        created
+    }
+
+    /// Appends a leaf hash and forgets the nodes it completes: the same tree
+    /// as [`Frontier::append`] without allocating, for callers that store
+    /// nothing (verifiers).
+    pub fn push(&mut self, leaf: Hash) {
+        self.append_with(leaf, |_, _| {});
+    }
+
+    /// Appends a leaf hash, handing each completed node to `created`, level
+    /// 0 first. The frontier's `nodes` stays sorted by strictly decreasing
+    /// level, so merging stops at the first level that differs.
+    fn append_with(&mut self, leaf: Hash, mut created: impl FnMut(NodeId, Hash)) {
         let mut node = (NodeId::new(0, self.size), leaf);
+        created(node.0, node.1);
         while let Some(&(left_id, left_hash)) = self.nodes.last() {
             if left_id.level != node.0.level {
                 break;
             }
             self.nodes.pop();
-            let parent = (
+            node = (
                 NodeId::new(left_id.level + 1, left_id.index >> 1),
                 node_hash(&left_hash, &node.1),
             );
-            created.push(parent);
-            node = parent;
+            created(node.0, node.1);
         }
         self.nodes.push(node);
         self.size += 1;
-        created
     }
 
     /// The Merkle Tree Hash of the current tree.

@@ -16,6 +16,8 @@ use tlog::{Checkpoint, Frontier, NoteVerifier};
 
 use crate::store::EventStore;
 
+mod line;
+
 /// Streams a tenant's bundle: leaves `[0, size)` then the checkpoint line.
 pub fn stream(
     store: Arc<dyn EventStore>,
@@ -137,7 +139,14 @@ pub fn verify_bundle(
     let mut frontier = Frontier::empty();
     let mut checkpoint_note: Option<String> = None;
     let mut root_at_trusted = None;
-    for line in bundle.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+    let mut at = 0;
+    // Lines are split on '\n' and empty ones skipped.
+    while let Some(&first) = bundle.get(at) {
+        if first == b'\n' {
+            at += 1;
+            continue;
+        }
+        let rest = &bundle[at..];
         let index = frontier.size();
         if trusted.is_some_and(|t| t.size == index) {
             root_at_trusted = Some(frontier.root());
@@ -148,38 +157,31 @@ pub fn verify_bundle(
                 why: "data after the checkpoint line".into(),
             });
         }
-        if line.starts_with(b"{\"checkpoint\":") {
+        if rest.starts_with(b"{\"checkpoint\":") {
+            let line = until_newline(rest);
             let v: serde_json::Value = serde_json::from_slice(line)
                 .map_err(|e| VerifyError::Checkpoint(format!("unreadable checkpoint line: {e}")))?;
             let note = v["checkpoint"].as_str().ok_or(VerifyError::NoCheckpoint)?;
             checkpoint_note = Some(note.to_owned());
+            at += line.len();
             continue;
         }
-        let bad = |why: String| VerifyError::BadEvent { index, why };
-        let parsed: Line<'_> =
-            serde_json::from_slice(line).map_err(|e| bad(format!("unreadable line: {e}")))?;
-        let leaf = parsed.event.get().as_bytes();
-        let event: LeafIndex =
-            serde_json::from_slice(leaf).map_err(|e| bad(format!("not a leaf: {e}")))?;
-        if parsed.index != index || event.index != index {
-            return Err(bad(format!(
-                "event missing or out of order: line holds index {} (event says {})",
-                parsed.index, event.index
-            )));
-        }
-        let hash = tlog::leaf_hash(leaf);
-        // Room for base64's length estimate; a valid hash decodes to 32 bytes.
-        let mut recorded = [0u8; 48];
-        let recorded_ok = matches!(
-            B64.decode_slice(parsed.leaf_hash.as_bytes(), &mut recorded),
-            Ok(32)
-        );
-        if !recorded_ok || recorded[..32] != hash {
-            return Err(bad(
-                "event payload does not match its recorded leaf hash".into()
-            ));
-        }
-        frontier.append(hash);
+        // The scanner takes well-formed lines without building anything;
+        // a line it declines, or whose hash differs, goes through serde,
+        // which re-checks everything and words the error.
+        let scanned = line::scan(rest, index).and_then(|l| {
+            let hash = tlog::leaf_hash(l.leaf);
+            (hash == l.leaf_hash).then_some((hash, l.len))
+        });
+        let (hash, len) = match scanned {
+            Some(found) => found,
+            None => {
+                let line = until_newline(rest);
+                (check_line(line, index)?, line.len())
+            }
+        };
+        frontier.push(hash);
+        at += len;
     }
     if trusted.is_some_and(|t| t.size == frontier.size()) {
         root_at_trusted = Some(frontier.root());
@@ -221,3 +223,43 @@ pub fn verify_bundle(
         checkpoint,
     })
 }
+
+/// The line at the start of `rest`, without its newline.
+fn until_newline(rest: &[u8]) -> &[u8] {
+    let len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    &rest[..len]
+}
+
+/// Checks event line `line` (no newline) with serde: it decodes, holds
+/// `index` both in the line and in the leaf, and its leaf re-hashes to the
+/// recorded hash. Returns the leaf hash.
+fn check_line(line: &[u8], index: u64) -> Result<tlog::Hash, VerifyError> {
+    let bad = |why: String| VerifyError::BadEvent { index, why };
+    let parsed: Line<'_> =
+        serde_json::from_slice(line).map_err(|e| bad(format!("unreadable line: {e}")))?;
+    let leaf = parsed.event.get().as_bytes();
+    let event: LeafIndex =
+        serde_json::from_slice(leaf).map_err(|e| bad(format!("not a leaf: {e}")))?;
+    if parsed.index != index || event.index != index {
+        return Err(bad(format!(
+            "event missing or out of order: line holds index {} (event says {})",
+            parsed.index, event.index
+        )));
+    }
+    let hash = tlog::leaf_hash(leaf);
+    // Room for base64's length estimate; a valid hash decodes to 32 bytes.
+    let mut recorded = [0u8; 48];
+    let recorded_ok = matches!(
+        B64.decode_slice(parsed.leaf_hash.as_bytes(), &mut recorded),
+        Ok(32)
+    );
+    if !recorded_ok || recorded[..32] != hash {
+        return Err(bad(
+            "event payload does not match its recorded leaf hash".into()
+        ));
+    }
+    Ok(hash)
+}
+
+#[cfg(test)]
+mod tests;

@@ -159,6 +159,20 @@ fn frontier_load_continues_the_same_tree() {
     }
 }
 
+#[test]
+fn frontier_push_builds_the_same_tree_as_append() {
+    let leaves: Vec<Vec<u8>> = (0..70u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    let (_, roots) = stored_tree(&leaves);
+    let mut appended = Frontier::empty();
+    let mut pushed = Frontier::empty();
+    for (i, leaf) in leaves.iter().enumerate() {
+        appended.append(leaf_hash(leaf));
+        pushed.push(leaf_hash(leaf));
+        assert_eq!(pushed, appended);
+        assert_eq!(pushed.root(), roots[i + 1]);
+    }
+}
+
 fn flip(hashes: &[Hash], which: usize, byte: usize) -> Vec<Hash> {
     let mut out = hashes.to_vec();
     out[which][byte] ^= 0x01;
