@@ -283,8 +283,8 @@ impl Default for CommitConfig {
             max_batch_events: 4096,
             window_us: 200,
             queue_capacity: 16 * 1024,
-            fold_at_events: 8192,
-            fold_interval_ms: 100,
+            fold_at_events: 16_384,
+            fold_interval_ms: 250,
             fold_idle_ms: 2,
         }
     }

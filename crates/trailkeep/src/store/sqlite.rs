@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -51,8 +51,6 @@ const FTS_CHUNK: i64 = 4096;
 const FTS_MAX_LAG: Duration = Duration::from_millis(200);
 /// Most tail rows one fold moves into the indexed tables.
 const FOLD_CHUNK: i64 = 16_384;
-/// How long a listing waits for the fold before answering 503.
-const FOLD_WAIT: Duration = Duration::from_secs(10);
 /// Background WAL checkpoint period.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// WAL frames (about 4 KiB each) beyond which the checkpointer forces the
@@ -60,50 +58,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
 type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
-
-/// How far the writer has acknowledged and how far the fold has moved
-/// events into the indexed tables. Invariant: `folded <= acked`, and every
-/// event with `seq <= folded` is in `events` and every index.
-struct FoldState {
-    acked: AtomicI64,
-    folded: tokio::sync::watch::Sender<i64>,
-    /// Set by a waiting listing so the writer folds after its next commit.
-    wanted: AtomicBool,
-}
-
-impl FoldState {
-    fn new(seq: i64) -> Self {
-        Self {
-            acked: AtomicI64::new(seq),
-            folded: tokio::sync::watch::Sender::new(seq),
-            wanted: AtomicBool::new(false),
-        }
-    }
-
-    /// Waits until everything acknowledged before the call is folded;
-    /// `wake` nudges a writer that may be idle.
-    async fn caught_up(&self, wake: impl FnOnce()) -> Result<(), StoreError> {
-        let target = self.acked.load(Ordering::SeqCst);
-        if *self.folded.borrow() >= target {
-            return Ok(());
-        }
-        if !self.wanted.swap(true, Ordering::SeqCst) {
-            wake();
-        }
-        let mut rx = self.folded.subscribe();
-        match tokio::time::timeout(FOLD_WAIT, rx.wait_for(|f| *f >= target)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(StoreError::Unavailable),
-        }
-    }
-}
-
-/// What the writer thread receives.
-enum Msg {
-    Append(Queued),
-    /// A listing waits for the fold; sent only when the writer may be idle.
-    Fold,
-}
 
 struct Queued {
     job: AppendJob,
@@ -113,7 +67,7 @@ struct Queued {
 /// The SQLite [`EventStore`].
 pub struct SqliteStore {
     path: PathBuf,
-    tx: Mutex<Option<SyncSender<Msg>>>,
+    tx: Mutex<Option<SyncSender<Queued>>>,
     readers: Arc<ReadPool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
@@ -123,8 +77,6 @@ pub struct SqliteStore {
     /// (webhooks, delivery results); opened on first use.
     side: Arc<Mutex<Option<Connection>>>,
     outbox: Arc<tokio::sync::Notify>,
-    /// Absent on a read-only store, whose listings see folded events only.
-    fold: Option<Arc<FoldState>>,
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -244,7 +196,6 @@ impl SqliteStore {
             [],
             |r| r.get(0),
         )?;
-        let fold = Arc::new(FoldState::new(top));
         let (tx, rx) = std::sync::mpsc::sync_channel(commit.queue_capacity);
         let outbox = Arc::new(tokio::sync::Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
@@ -258,7 +209,6 @@ impl SqliteStore {
             last_fts: Instant::now(),
             outbox: outbox.clone(),
             broken: false,
-            fold: fold.clone(),
             next_seq: top + 1,
             tail_len: 0,
             last_fold: Instant::now(),
@@ -290,7 +240,6 @@ impl SqliteStore {
             writer_alive,
             side: Arc::default(),
             outbox,
-            fold: Some(fold),
         })
     }
 
@@ -323,7 +272,6 @@ impl SqliteStore {
             writer_alive: Arc::new(AtomicBool::new(false)),
             side: Arc::default(),
             outbox: Arc::default(),
-            fold: None,
         })
     }
 
@@ -535,7 +483,6 @@ struct Writer {
     outbox: Arc<tokio::sync::Notify>,
     /// Set when the connection can no longer promise durable commits.
     broken: bool,
-    fold: Arc<FoldState>,
     /// The `seq` of the next appended event; seqs only grow (gaps are fine).
     next_seq: i64,
     /// Rows acknowledged into the tail since the last fold (an estimate
@@ -545,18 +492,13 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: &Receiver<Msg>) {
+    fn run(mut self, rx: &Receiver<Queued>) {
         // Events committed before a crash may not be searchable yet.
         self.index_fts_until_done();
-        let mut pending: Option<Msg> = None;
+        let mut pending: Option<Queued> = None;
         while !self.broken {
             let first = match pending.take() {
-                Some(Msg::Append(q)) => q,
-                Some(Msg::Fold) => {
-                    self.fold.wanted.store(false, Ordering::SeqCst);
-                    self.fold_until_done();
-                    continue;
-                }
+                Some(q) => q,
                 None => {
                     // Idle: wait briefly for more appends to fold together.
                     let wait = if self.tail_len > 0 {
@@ -565,10 +507,7 @@ impl Writer {
                         FTS_MAX_LAG
                     };
                     match rx.recv_timeout(wait) {
-                        Ok(msg) => {
-                            pending = Some(msg);
-                            continue;
-                        }
+                        Ok(q) => q,
                         Err(RecvTimeoutError::Timeout) => {
                             self.fold_until_done();
                             self.index_fts_until_done();
@@ -583,7 +522,7 @@ impl Writer {
             let deadline = Instant::now() + Duration::from_micros(self.commit.window_us);
             while n_events < self.commit.max_batch_events {
                 let next = match rx.try_recv() {
-                    Ok(msg) => Some(msg),
+                    Ok(q) => Some(q),
                     Err(_) => {
                         let now = Instant::now();
                         if now >= deadline {
@@ -593,20 +532,13 @@ impl Writer {
                         }
                     }
                 };
-                match next {
-                    Some(Msg::Append(q)) => {
-                        n_events += q.job.events.len();
-                        batch.push(q);
-                    }
-                    // `wanted` is set: the fold follows this commit.
-                    Some(Msg::Fold) => {}
-                    None => break,
-                }
+                let Some(q) = next else { break };
+                n_events += q.job.events.len();
+                batch.push(q);
             }
             self.commit_batch(batch, n_events);
             if self.tail_len >= self.commit.fold_at_events as i64
                 || self.last_fold.elapsed() >= Duration::from_millis(self.commit.fold_interval_ms)
-                || self.fold.wanted.swap(false, Ordering::SeqCst)
             {
                 self.fold_chunk();
             }
@@ -642,7 +574,7 @@ impl Writer {
             self.broken = true;
         }
         match res {
-            Ok((n, hi)) => {
+            Ok((n, _)) => {
                 if n > 0 {
                     self.metrics.observe_background(
                         Background::Fold,
@@ -650,17 +582,13 @@ impl Writer {
                         self.last_fold.elapsed(),
                     );
                 }
-                self.tail_len = (self.tail_len - n).max(0);
-                if n < FOLD_CHUNK {
-                    // Another process may have folded too: all that was
-                    // acknowledged is folded when the tail is drained.
-                    self.tail_len = 0;
-                    self.fold
-                        .folded
-                        .send_replace(self.fold.acked.load(Ordering::SeqCst).max(hi));
+                // Another process may have folded too: the tail is drained
+                // when a fold moves less than a full chunk.
+                self.tail_len = if n < FOLD_CHUNK {
+                    0
                 } else {
-                    self.fold.folded.send_replace(hi);
-                }
+                    (self.tail_len - n).max(0)
+                };
                 n
             }
             Err(e) => {
@@ -739,7 +667,6 @@ impl Writer {
                 }
                 self.tenants.extend(staged);
                 self.tail_len += appended;
-                self.fold.acked.store(self.next_seq - 1, Ordering::SeqCst);
                 self.metrics.observe_commit(n_events, started.elapsed());
                 if notified {
                     self.outbox.notify_one();
@@ -1035,7 +962,7 @@ fn prefix_keys(
             action_prefix: None,
             ..q.clone()
         };
-        keys.extend(page_keys(conn, project, &exact)?);
+        keys.extend(page_keys(conn, project, &exact, Table::Events)?);
     }
     keys.sort_unstable_by(|a, b| b.cmp(a));
     keys.truncate(q.limit + 1);
@@ -1056,9 +983,10 @@ fn page_keys(
     conn: &Connection,
     project: ProjectId,
     q: &EventQuery,
+    table: Table,
 ) -> Result<Vec<Cursor>, StoreError> {
     let order = q.order();
-    let (sql, args) = page_keys_sql(project, q);
+    let (sql, args) = page_keys_sql(project, q, table);
     let keys = conn
         .prepare_cached(&sql)?
         .query_map(rusqlite::params_from_iter(args), |r| {
@@ -1071,12 +999,18 @@ fn page_keys(
 }
 
 /// The statement of [`page_keys`] and its arguments.
-fn page_keys_sql(project: ProjectId, q: &EventQuery) -> (String, Vec<rusqlite::types::Value>) {
+fn page_keys_sql(
+    project: ProjectId,
+    q: &EventQuery,
+    table: Table,
+) -> (String, Vec<rusqlite::types::Value>) {
     let order = q.order();
     let mut sql = String::from(match order {
-        ListOrder::Seq => "SELECT seq, NULL FROM events WHERE project_id = ?1",
-        ListOrder::Time => "SELECT seq, occurred_at FROM events WHERE project_id = ?1",
+        ListOrder::Seq => "SELECT seq, NULL FROM ",
+        ListOrder::Time => "SELECT seq, occurred_at FROM ",
     });
+    sql.push_str(table.name());
+    sql.push_str(" WHERE project_id = ?1");
     let mut args: Vec<rusqlite::types::Value> = vec![project.into()];
     let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
         args.push(v);
@@ -1100,18 +1034,22 @@ fn page_keys_sql(project: ProjectId, q: &EventQuery) -> (String, Vec<rusqlite::t
         arg(&mut sql, " AND action < @", format!("{p}\u{10FFFF}").into());
     }
     if let Some(t) = &q.target {
-        arg(
-            &mut sql,
-            " AND seq IN (SELECT seq FROM event_targets WHERE project_id = ?1 AND target_id = @)",
-            t.clone().into(),
-        );
+        let clause = match table {
+            Table::Events => {
+                " AND seq IN (SELECT seq FROM event_targets WHERE project_id = ?1 AND target_id = @)"
+            }
+            Table::Tail => " AND EXISTS (SELECT 1 FROM json_each(targets) WHERE value = @)",
+        };
+        arg(&mut sql, clause, t.clone().into());
     }
     if let Some(t) = &q.tag {
-        arg(
-            &mut sql,
-            " AND seq IN (SELECT seq FROM event_tags WHERE project_id = ?1 AND tag = @)",
-            t.clone().into(),
-        );
+        let clause = match table {
+            Table::Events => {
+                " AND seq IN (SELECT seq FROM event_tags WHERE project_id = ?1 AND tag = @)"
+            }
+            Table::Tail => " AND EXISTS (SELECT 1 FROM json_each(tags) WHERE value = @)",
+        };
+        arg(&mut sql, clause, t.clone().into());
     }
     if let Some(r) = &q.result {
         arg(&mut sql, " AND result = @", r.clone().into());
@@ -1136,7 +1074,8 @@ fn page_keys_sql(project: ProjectId, q: &EventQuery) -> (String, Vec<rusqlite::t
     if let Some(u) = upper {
         arg(&mut sql, " AND occurred_at < @", u.into());
     }
-    if !q.text_terms.is_empty() {
+    // The tail is never searched by text: see `run_query`.
+    if !q.text_terms.is_empty() && table == Table::Events {
         arg(
             &mut sql,
             " AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH @)",
@@ -1166,6 +1105,29 @@ fn page_keys_sql(project: ProjectId, q: &EventQuery) -> (String, Vec<rusqlite::t
 mod query_plan;
 
 /// A page: its keys first (see [`page_keys`]), then the rows of those keys.
+/// Where a listing looks for events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// Folded events, with every index.
+    Events,
+    /// Acknowledged events not folded yet: few, unindexed, scanned.
+    Tail,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Events => "events",
+            Self::Tail => "events_tail",
+        }
+    }
+}
+
+/// A page: its keys first (see [`page_keys`]), then the rows of those keys.
+/// Keys come from the folded events and from the tail, merged, so a listing
+/// sees every acknowledged event without waiting for a fold. Full-text
+/// queries skip the tail: search is derived data that trails the fold
+/// (see `index_fts_chunk`).
 fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Page, StoreError> {
     let split = match (&q.action_prefix, &q.action, q.order()) {
         (Some(prefix), None, ListOrder::Seq) => prefix_keys(conn, project, q, prefix)?,
@@ -1173,15 +1135,36 @@ fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Pa
     };
     let mut keys = match split {
         Some(keys) => keys,
-        None => page_keys(conn, project, q)?,
+        None => page_keys(conn, project, q, Table::Events)?,
     };
+    if q.text_terms.is_empty()
+        && conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM events_tail)")?
+            .query_row([], |r| r.get::<_, bool>(0))?
+    {
+        keys.extend(page_keys(conn, project, q, Table::Tail)?);
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        keys.dedup();
+        keys.truncate(q.limit + 1);
+    }
     let more = keys.len() > q.limit;
     keys.truncate(q.limit);
     let mut fetch =
         conn.prepare_cached("SELECT seq, tenant_id, idx, leaf FROM events WHERE seq = ?1")?;
+    let mut fetch_tail = conn.prepare_cached(
+        "SELECT seq, tenant_id, idx, leaf, substr(nodes, 1, 32) FROM events_tail WHERE seq = ?1",
+    )?;
     let events: Vec<StoredEvent> = keys
         .iter()
-        .map(|key| fetch.query_row(params![key.seq()], stored_event))
+        .map(|key| {
+            match fetch
+                .query_row(params![key.seq()], stored_event)
+                .optional()?
+            {
+                Some(e) => Ok(e),
+                None => fetch_tail.query_row(params![key.seq()], stored_event),
+            }
+        })
         .collect::<Result<_, _>>()?;
     Ok(Page {
         events,
@@ -1198,7 +1181,7 @@ impl EventStore for SqliteStore {
                 let Some(sender) = guard.as_ref() else {
                     return Err(StoreError::Unavailable);
                 };
-                match sender.try_send(Msg::Append(Queued { job, reply })) {
+                match sender.try_send(Queued { job, reply }) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded),
                     Err(TrySendError::Disconnected(_)) => return Err(StoreError::Unavailable),
@@ -1228,18 +1211,7 @@ impl EventStore for SqliteStore {
     }
 
     fn query(&self, project: ProjectId, query: EventQuery) -> StoreFuture<'_, Page> {
-        Box::pin(async move {
-            if let Some(fold) = &self.fold {
-                fold.caught_up(|| {
-                    if let Some(sender) = self.tx.lock().expect("lock").as_ref() {
-                        // A full queue means a busy writer, which checks `wanted`.
-                        let _ = sender.try_send(Msg::Fold);
-                    }
-                })
-                .await?;
-            }
-            self.read(move |c| run_query(c, project, &query)).await
-        })
+        self.read(move |c| run_query(c, project, &query))
     }
 
     fn authenticate(&self, key_hash: [u8; 32]) -> StoreFuture<'_, Option<Principal>> {
