@@ -4,9 +4,9 @@
 //! commits everything queued as one transaction (group commit) with
 //! `synchronous = FULL`, so the WAL is fsynced before any caller is
 //! answered. That acknowledging transaction appends each event, with the
-//! tree nodes its leaf completes, to `events_tail` (keyed by `seq`, so it
-//! only ever grows at its right edge) and updates the tenant heads; nothing
-//! else. The *fold* then moves tail rows into `events`, `tree_nodes` and
+//! tree nodes its leaf completes, to `events_tail` and its leaf to
+//! `events_tail_leaves` (both keyed by `seq`, so they only grow at their
+//! right edge) and updates the tenant heads; nothing else. The *fold* then moves tail rows into `events`, `tree_nodes` and
 //! every secondary index in large transactions, so a randomly keyed index
 //! page is rewritten once per fold instead of once per commit. Listings
 //! wait until the fold has reached what was acknowledged when they started;
@@ -124,8 +124,8 @@ fn fold(conn: &mut Connection, max: i64) -> Result<(i64, i64), StoreError> {
     };
     tx.prepare_cached(
         "INSERT INTO events (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf)
-         SELECT seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf
-         FROM events_tail WHERE seq <= ?1 ORDER BY seq",
+         SELECT t.seq, t.id, t.project_id, t.tenant_id, t.idx, t.occurred_at, t.action, t.actor_id, t.result, l.leaf
+         FROM events_tail t JOIN events_tail_leaves l ON l.seq = t.seq WHERE t.seq <= ?1 ORDER BY t.seq",
     )?
     .execute(params![hi])?;
     tx.prepare_cached(
@@ -163,6 +163,8 @@ fn fold(conn: &mut Connection, max: i64) -> Result<(i64, i64), StoreError> {
         }
     }
     tx.prepare_cached("DELETE FROM events_tail WHERE seq <= ?1")?
+        .execute(params![hi])?;
+    tx.prepare_cached("DELETE FROM events_tail_leaves WHERE seq <= ?1")?
         .execute(params![hi])?;
     tx.commit()?;
     Ok((n, hi))
@@ -827,9 +829,11 @@ fn apply_job(
     let mut receipts = Vec::with_capacity(events.len());
     // Only the tail is written here; see `fold` for the indexed tables.
     let mut insert_tail = tx.prepare_cached(
-        "INSERT INTO events_tail (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf, nodes, tags, targets)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        "INSERT INTO events_tail (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, nodes, tags, targets)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
+    let mut insert_leaf =
+        tx.prepare_cached("INSERT INTO events_tail_leaves (seq, leaf) VALUES (?1, ?2)")?;
     let mut nodes = Vec::with_capacity(64 * 32);
     for mut event in events {
         let key = (project, event.tenant.clone());
@@ -860,11 +864,11 @@ fn apply_job(
             event.action,
             event.actor.id,
             event.result.map(crate::model::Outcome::as_str),
-            leaf,
             nodes,
             tags,
             targets,
         ])?;
+        insert_leaf.execute(params![seq, leaf])?;
         *next_seq += 1;
         if notify {
             let payload = crate::webhooks::notification_payload(event.received_at, &leaf);
@@ -1152,7 +1156,7 @@ fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Pa
     let mut fetch =
         conn.prepare_cached("SELECT seq, tenant_id, idx, leaf FROM events WHERE seq = ?1")?;
     let mut fetch_tail = conn.prepare_cached(
-        "SELECT seq, tenant_id, idx, leaf, substr(nodes, 1, 32) FROM events_tail WHERE seq = ?1",
+        "SELECT t.seq, t.tenant_id, t.idx, l.leaf, substr(t.nodes, 1, 32) FROM events_tail t JOIN events_tail_leaves l ON l.seq = t.seq WHERE t.seq = ?1",
     )?;
     let events: Vec<StoredEvent> = keys
         .iter()
@@ -1203,7 +1207,7 @@ impl EventStore for SqliteStore {
                 return Ok(folded);
             }
             Ok(c.prepare_cached(
-                "SELECT seq, tenant_id, idx, leaf, substr(nodes, 1, 32) FROM events_tail WHERE id = ?1 AND project_id = ?2",
+                "SELECT t.seq, t.tenant_id, t.idx, l.leaf, substr(t.nodes, 1, 32) FROM events_tail t JOIN events_tail_leaves l ON l.seq = t.seq WHERE t.id = ?1 AND t.project_id = ?2",
             )?
             .query_row(params![id.as_bytes(), project], stored_event)
             .optional()?)
@@ -1262,8 +1266,9 @@ impl EventStore for SqliteStore {
             if events.len() as u64 != to.saturating_sub(from) {
                 let tail: Vec<StoredEvent> = c
                     .prepare_cached(
-                        "SELECT seq, tenant_id, idx, leaf, substr(nodes, 1, 32) FROM events_tail
-                         WHERE tenant_id = ?1 AND idx >= ?2 AND idx < ?3",
+                        "SELECT t.seq, t.tenant_id, t.idx, l.leaf, substr(t.nodes, 1, 32) FROM events_tail t
+                         JOIN events_tail_leaves l ON l.seq = t.seq
+                         WHERE t.tenant_id = ?1 AND t.idx >= ?2 AND t.idx < ?3",
                     )?
                     .query_map(params![tenant_id, from as i64, to as i64], stored_event)?
                     .collect::<Result<_, _>>()?;

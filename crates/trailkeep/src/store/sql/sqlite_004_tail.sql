@@ -3,6 +3,8 @@
 -- `events` and every secondary index in large transactions.
 -- `nodes` holds the tree nodes this leaf completed, level 0 first (32 bytes
 -- each); `tags` and `targets` are JSON arrays of strings, NULL when empty.
+-- The leaf lives in `events_tail_leaves` so that listings, which scan the
+-- unindexed tail, read small rows.
 CREATE TABLE events_tail (
     seq          INTEGER PRIMARY KEY,
     id           BLOB NOT NULL,
@@ -13,8 +15,12 @@ CREATE TABLE events_tail (
     action       TEXT NOT NULL,
     actor_id     TEXT NOT NULL,
     result       TEXT,
-    leaf         BLOB NOT NULL,
     nodes        BLOB NOT NULL,
     tags         TEXT,
     targets      TEXT
+);
+
+CREATE TABLE events_tail_leaves (
+    seq   INTEGER PRIMARY KEY,
+    leaf  BLOB NOT NULL
 );
