@@ -78,6 +78,11 @@ pub struct Plan {
     pub keep_data: bool,
     /// The PostgreSQL to measure trailkeep on, or why not (`--no-postgres`).
     pub postgres: Result<String, String>,
+    /// Skip trailkeep's ingest phases on SQLite (`--skip sqlite`); their
+    /// figures and ratios are then `null`.
+    pub skip_sqlite: bool,
+    /// Skip the reads-at-scale phase (`--skip reads`).
+    pub skip_reads: bool,
 }
 
 impl Plan {
@@ -103,6 +108,8 @@ impl Plan {
                 fts_wait: secs(10),
                 keep_data: false,
                 postgres: Ok(pg::url_from_env()),
+                skip_sqlite: false,
+                skip_reads: false,
             },
             Mode::Quick => Self {
                 mode,
@@ -121,6 +128,8 @@ impl Plan {
                 fts_wait: secs(300),
                 keep_data: false,
                 postgres: Ok(pg::url_from_env()),
+                skip_sqlite: false,
+                skip_reads: false,
             },
             Mode::Full => Self {
                 mode,
@@ -139,6 +148,8 @@ impl Plan {
                 fts_wait: secs(900),
                 keep_data: false,
                 postgres: Ok(pg::url_from_env()),
+                skip_sqlite: false,
+                skip_reads: false,
             },
         }
     }
@@ -234,14 +245,73 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     };
     drop(append_dir);
 
-    eprintln!("[3/5] trailkeep ingest");
+    let trailkeep = if plan.skip_sqlite {
+        eprintln!("[3/5] trailkeep ingest on SQLite skipped");
+        json!({"skipped": "--skip sqlite given"})
+    } else {
+        eprintln!("[3/5] trailkeep ingest");
+        ingest_sqlite(
+            plan,
+            &singles,
+            batches,
+            actor_reads,
+            raw_json_bytes_per_event,
+        )
+        .await?
+    };
+
+    let postgres = match &plan.postgres {
+        Ok(url) => {
+            eprintln!("[4/5] trailkeep ingest on PostgreSQL, COPY BINARY ceiling");
+            pg::run(plan, url, pg_inputs.0, pg_inputs.1).await?
+        }
+        Err(why) => {
+            eprintln!("[4/5] PostgreSQL skipped: {why}");
+            pg::skipped(why)
+        }
+    };
+
+    let reads = if plan.skip_reads {
+        eprintln!("[5/5] reads at scale skipped");
+        json!({"skipped": "--skip reads given"})
+    } else {
+        eprintln!("[5/5] reads at scale ({} events)", plan.read_events);
+        reads::run(plan).await?
+    };
+
+    let append_json = json!({
+        "events_per_s": per_sec(append.events, append.secs),
+        "events": append.events,
+        "fdatasyncs": append.syncs,
+        "bytes": append.bytes,
+        "storage_write_bytes_per_event": per_sec(append.storage_write_bytes, append.events as f64),
+        "secs": append.secs,
+    });
+    Ok(report::summary(
+        plan,
+        load_json(&http_ceiling, Kind::Write),
+        append_json,
+        trailkeep,
+        postgres,
+        reads,
+    ))
+}
+
+/// The single, batch and mixed phases on a fresh SQLite server.
+async fn ingest_sqlite(
+    plan: &Plan,
+    singles: &[Arc<[u8]>],
+    batches: Vec<Arc<[u8]>>,
+    actor_reads: Vec<Arc<[u8]>>,
+    raw_json_bytes_per_event: f64,
+) -> anyhow::Result<Value> {
     let tk = server::start().await?;
     let commits_0 = server::Commits::scrape(tk.addr).await?;
     sys::reset_peak_rss();
     let single = http::run_load(
         tk.addr,
         &plan.spec(CONNECTIONS),
-        rotate(singles.clone(), Kind::Write, 1),
+        rotate(singles.to_vec(), Kind::Write, 1),
     )
     .await?;
     let single_rss = sys::peak_rss_bytes();
@@ -258,6 +328,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     fail_on_errors("batch", &batch)?;
     let commits_2 = server::Commits::scrape(tk.addr).await?;
     sys::reset_peak_rss();
+    let singles = singles.to_vec();
     let mixed_source: Source = Arc::new(move |_, n| {
         let i = usize::try_from(n).unwrap_or(0);
         if i % 10 == 9 {
@@ -283,24 +354,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     let disk_bytes = sys::dir_bytes(dir.path());
     drop(dir);
 
-    let postgres = match &plan.postgres {
-        Ok(url) => {
-            eprintln!("[4/5] trailkeep ingest on PostgreSQL, COPY BINARY ceiling");
-            pg::run(plan, url, pg_inputs.0, pg_inputs.1).await?
-        }
-        Err(why) => {
-            eprintln!("[4/5] PostgreSQL skipped: {why}");
-            pg::skipped(why)
-        }
-    };
-
-    eprintln!("[5/5] reads at scale ({} events)", plan.read_events);
-    let reads = reads::run(plan).await?;
-
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let mut mixed_json = load_json(&mixed, Kind::Write);
     mixed_json["reads"] = load_json(&mixed, Kind::Read);
-    let trailkeep = json!({
+    Ok(json!({
         "single": with_rss(load_json(&single, Kind::Write), mib(single_rss), commits_1.since(&commits_0)),
         "batch": with_rss(load_json(&batch, Kind::Write), mib(batch_rss), commits_2.since(&commits_1)),
         "mixed": with_rss(mixed_json, mib(mixed_rss), commits_3.since(&commits_2)),
@@ -311,23 +368,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
             "bytes_per_event": per_sec(disk_bytes, stored as f64),
             "raw_json_bytes_per_event": raw_json_bytes_per_event,
         },
-    });
-    let append_json = json!({
-        "events_per_s": per_sec(append.events, append.secs),
-        "events": append.events,
-        "fdatasyncs": append.syncs,
-        "bytes": append.bytes,
-        "storage_write_bytes_per_event": per_sec(append.storage_write_bytes, append.events as f64),
-        "secs": append.secs,
-    });
-    Ok(report::summary(
-        plan,
-        load_json(&http_ceiling, Kind::Write),
-        append_json,
-        trailkeep,
-        postgres,
-        reads,
-    ))
+    }))
 }
 
 fn with_rss(mut v: Value, rss_mib: f64, commits: Value) -> Value {

@@ -1,24 +1,26 @@
 //! `trailkeep-bench --smoke | --quick | --full [--out PATH] [--keep-data]
-//! [--no-postgres]`: runs the benchmark, prints a table and writes the
+//! [--no-postgres] [--skip sqlite,reads]`: runs the benchmark, prints a table and writes the
 //! summary JSON (default `target/bench/summary.json` under the workspace
 //! root). `--keep-data` keeps the reads phase's data directory for
 //! inspection. PostgreSQL (`TRAILKEEP_BENCH_POSTGRES_URL`, by default
 //! `postgres://postgres@127.0.0.1:5432/test`) is measured when reachable,
-//! unless `--no-postgres` is given.
+//! unless `--no-postgres` is given. `--skip` leaves out trailkeep's SQLite
+//! ingest phases and/or the reads phase, for quicker runs while working on
+//! one part; the figures it skips are `null` in the summary.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use trailkeep_bench::{Mode, Plan};
 
-const USAGE: &str =
-    "usage: trailkeep-bench --smoke | --quick | --full [--out PATH] [--keep-data] [--no-postgres]";
+const USAGE: &str = "usage: trailkeep-bench --smoke | --quick | --full [--out PATH] [--keep-data] [--no-postgres] [--skip sqlite,reads]";
 
 fn main() -> anyhow::Result<()> {
     let mut mode = None;
     let mut out = None;
     let mut keep_data = false;
     let mut no_postgres = false;
+    let mut skip = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -27,6 +29,14 @@ fn main() -> anyhow::Result<()> {
             "--full" => mode = Some(Mode::Full),
             "--keep-data" => keep_data = true,
             "--no-postgres" => no_postgres = true,
+            "--skip" => {
+                for part in args.next().context(USAGE)?.split(',') {
+                    match part {
+                        "sqlite" | "reads" => skip.push(part.to_owned()),
+                        other => bail!("unknown phase {other} for --skip\n{USAGE}"),
+                    }
+                }
+            }
             "--out" => out = Some(PathBuf::from(args.next().context(USAGE)?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -48,6 +58,8 @@ fn main() -> anyhow::Result<()> {
     });
     let mut plan = Plan {
         keep_data,
+        skip_sqlite: skip.iter().any(|s| s == "sqlite"),
+        skip_reads: skip.iter().any(|s| s == "reads"),
         ..Plan::new(mode)
     };
     if no_postgres {
