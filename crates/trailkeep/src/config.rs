@@ -266,15 +266,21 @@ pub struct CommitConfig {
     pub window_us: u64,
     /// Most append requests waiting for the writer; beyond it requests get 503.
     pub queue_capacity: usize,
-    /// SQLite: acknowledged events waiting in the tail past which the writer
-    /// folds them into the indexes even while appends keep arriving.
+    /// SQLite: acknowledged events waiting in the tail past which the fold
+    /// moves them into the database even while appends keep arriving.
     pub fold_at_events: usize,
-    /// SQLite: the writer folds at least this often while busy, in
-    /// milliseconds; a listing waits at most about this long for the fold.
+    /// SQLite: the fold runs at least this often while events wait, in
+    /// milliseconds; full-text search trails acknowledgment by about this
+    /// much.
     pub fold_interval_ms: u64,
-    /// SQLite: how long the writer waits with no new append before it folds,
-    /// in milliseconds.
+    /// SQLite: how long the fold waits with no new acknowledgment before it
+    /// folds, in milliseconds.
     pub fold_idle_ms: u64,
+    /// SQLite: most acknowledged events held in memory waiting for the fold;
+    /// at this many the writer waits for the fold before it appends more,
+    /// which bounds memory (about 1.5 KB an event) when ingest outruns the
+    /// fold.
+    pub max_unfolded_events: usize,
 }
 
 impl Default for CommitConfig {
@@ -286,6 +292,7 @@ impl Default for CommitConfig {
             fold_at_events: 16_384,
             fold_interval_ms: 250,
             fold_idle_ms: 2,
+            max_unfolded_events: 32 * 1024,
         }
     }
 }
@@ -477,6 +484,11 @@ impl Config {
             ("commit.max_batch_events", self.commit.max_batch_events, 1),
             ("commit.queue_capacity", self.commit.queue_capacity, 1),
             ("commit.fold_at_events", self.commit.fold_at_events, 1),
+            (
+                "commit.max_unfolded_events",
+                self.commit.max_unfolded_events,
+                1,
+            ),
         ] {
             if v < min {
                 return Err(bad(key, &format!("must be at least {min}")));
@@ -544,6 +556,7 @@ const KNOWN_KEYS: &[&[&str]] = &[
     &["commit", "fold_at_events"],
     &["commit", "fold_interval_ms"],
     &["commit", "fold_idle_ms"],
+    &["commit", "max_unfolded_events"],
     &["rate_limit", "requests_per_second"],
     &["rate_limit", "burst"],
     &["rate_limit", "requests_per_minute"],

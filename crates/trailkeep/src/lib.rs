@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::postgres::{PgStore, admin as pg_admin};
-use crate::store::sqlite::{SqliteStore, admin, open_admin};
+use crate::store::sqlite::{self, SqliteStore, admin, open_admin};
 
 /// The project that owns the first API key.
 pub const DEFAULT_PROJECT: &str = "default";
@@ -170,20 +170,11 @@ fn open_sqlite(
     })?;
     let db = config.sqlite_path();
     // The lock sits beside the database file, which `store` may put outside
-    // the data directory: one writer per file is what the writer's caches need.
-    let lock_path = std::path::PathBuf::from(format!("{}.lock", db.display()));
-    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    lock.try_lock()
-        .map_err(|_| anyhow::anyhow!("{} is in use by another trailkeep server", db.display()))?;
+    // the data directory: one writer per file is what the writer's caches and
+    // the journal need.
+    let lock = sqlite::try_lock(&db)
+        .with_context(|| format!("opening {}", sqlite::lock_path(&db).display()))?
+        .ok_or_else(|| anyhow::anyhow!("{} is in use by another trailkeep server", db.display()))?;
     let conn = open_admin(&db)
         .with_context(|| format!("opening store {} (store / TRAILKEEP_STORE)", db.display()))?;
     let tavivo_project = match &config.dialects.tavivo.jwt_secret {

@@ -1,56 +1,53 @@
-//! The embedded store: one SQLite file in WAL mode.
+//! The embedded store: one SQLite file in WAL mode, and a journal beside it.
 //!
-//! Writes go through a single writer thread that drains a bounded queue and
-//! commits everything queued as one transaction (group commit) with
-//! `synchronous = FULL`, so the WAL is fsynced before any caller is
-//! answered. That acknowledging transaction appends each event, with the
-//! tree nodes its leaf completes, to `events_tail` and its leaf to
-//! `events_tail_leaves` (both keyed by `seq`, so they only grow at their
-//! right edge) and updates the tenant heads; nothing else. The *fold* then moves tail rows into `events`, `tree_nodes` and
-//! every secondary index in large transactions, so a randomly keyed index
-//! page is rewritten once per fold instead of once per commit. Listings
-//! wait until the fold has reached what was acknowledged when they started;
-//! point reads (by id, by tenant index, tree nodes) read the tail as well.
-//! Reads use a small pool of read-only connections that run concurrently
-//! with the writer. A checkpointer thread copies the WAL into the database
-//! file in the background so the writer never waits on it. Full-text
-//! indexing runs on the writer thread after the fold, driven by the
-//! `fts_watermark` row.
+//! Appends go through a single writer thread (`writer`) that drains a
+//! bounded queue, assigns indexes and hashes in memory, and appends each
+//! group of jobs as one frame to the acknowledgment journal (`journal`),
+//! answering nobody before the frame is `fdatasync`ed. The durable frame is
+//! then published to the in-memory tail (`tail`), which reads merge with
+//! the database. The fold thread (`fold`) moves tail frames into `events`,
+//! `tree_nodes`, every secondary index and full text in large
+//! transactions, so a randomly keyed index page is rewritten once per fold
+//! instead of once per acknowledgment, and deletes journal segments once
+//! they are folded. Reads use a small pool of read-only connections that
+//! run concurrently with both. A checkpointer thread copies the WAL into
+//! the database file in the background.
 
-use std::collections::HashMap;
+mod fold;
+mod journal;
+mod tail;
+mod writer;
+
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use tlog::{Frontier, Hash, HashReader, NodeId, TlogError};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tlog::{Hash, NodeId};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{
     AppendJob, AppendOutcome, Delivery, DeliveryResult, EventQuery, EventStore, Page, Principal,
-    ProjectId, Receipt, StoreError, StoreFuture, StoredEvent, StoredResponse, TreeHead, Webhook,
-    schema,
+    ProjectId, StoreError, StoreFuture, StoredEvent, TreeHead, Webhook, schema,
 };
 use crate::config::CommitConfig;
 use crate::keys;
-use crate::metrics::{Background, Metrics};
+use crate::metrics::Metrics;
 use crate::model::Time;
 
 use super::{Cursor, ListOrder};
+use tail::{FoldPolicy, Tail, View};
 
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
-/// Most events the deferred full-text indexer handles per transaction.
-const FTS_CHUNK: i64 = 4096;
-/// The indexer runs at least this often while the writer is busy, which
-/// bounds search staleness well under one second.
-const FTS_MAX_LAG: Duration = Duration::from_millis(200);
-/// Most tail rows one fold moves into the indexed tables.
-const FOLD_CHUNK: i64 = 16_384;
+/// Most events one fold moves into the database, so a fold transaction
+/// stays a fraction of a second.
+const FOLD_CHUNK: usize = 16_384;
 /// Background WAL checkpoint period.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// WAL frames (about 4 KiB each) beyond which the checkpointer forces the
@@ -69,10 +66,13 @@ pub struct SqliteStore {
     path: PathBuf,
     tx: Mutex<Option<SyncSender<Queued>>>,
     readers: Arc<ReadPool>,
+    tail: Arc<Tail>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    folder: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
     writer_alive: Arc<AtomicBool>,
+    fold_alive: Arc<AtomicBool>,
     /// A read-write connection for small writes outside the event path
     /// (webhooks, delivery results); opened on first use.
     side: Arc<Mutex<Option<Connection>>>,
@@ -87,12 +87,36 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Opens (creating if needed) and migrates a database for offline use by
-/// the CLI or for startup work.
+/// The lock file of the database at `db`: whoever holds it owns the
+/// database's journal, so one server (or offline tool) writes it at a time.
+#[must_use]
+pub fn lock_path(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.lock", db.display()))
+}
+
+/// Takes the lock of the database at `db` without waiting; `None` when
+/// another process holds it.
 ///
 /// # Errors
-/// When the file cannot be opened or the schema is newer than this build.
-pub fn open_admin(path: &Path) -> Result<Connection, StoreError> {
+/// When the lock file cannot be created.
+pub fn try_lock(db: &Path) -> std::io::Result<Option<File>> {
+    let path = lock_path(db);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+fn open_migrated(path: &Path) -> Result<Connection, StoreError> {
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
@@ -101,119 +125,83 @@ pub fn open_admin(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
     configure(&conn)?;
     schema::migrate_sqlite(&mut conn)?;
-    // Offline tools read `events` and `tree_nodes` directly; a server that
-    // stopped (or crashed) may have left acknowledged events in the tail.
-    while fold(&mut conn, FOLD_CHUNK)?.0 > 0 {}
     Ok(conn)
 }
 
-/// Moves up to `max` of the oldest tail rows into `events`, `tree_nodes`
-/// and the secondary indexes, in one transaction. Returns how many rows
-/// moved and the highest `seq` now folded (0 when nothing ever was).
-/// Any process holding the write lock may fold: the tail is the only input.
-fn fold(conn: &mut Connection, max: i64) -> Result<(i64, i64), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (n, hi): (i64, Option<i64>) = tx.query_row(
-        "SELECT count(*), max(seq) FROM (SELECT seq FROM events_tail ORDER BY seq LIMIT ?1)",
-        params![max],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let Some(hi) = hi else {
-        let top: Option<i64> = tx.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
-        return Ok((0, top.unwrap_or(0)));
-    };
-    tx.prepare_cached(
-        "INSERT INTO events (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf)
-         SELECT t.seq, t.id, t.project_id, t.tenant_id, t.idx, t.occurred_at, t.action, t.actor_id, t.result, l.leaf
-         FROM events_tail t JOIN events_tail_leaves l ON l.seq = t.seq WHERE t.seq <= ?1 ORDER BY t.seq",
-    )?
-    .execute(params![hi])?;
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO event_actions (project_id, action)
-         SELECT DISTINCT project_id, action FROM events_tail WHERE seq <= ?1",
-    )?
-    .execute(params![hi])?;
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO event_tags (project_id, tag, seq)
-         SELECT t.project_id, j.value, t.seq FROM events_tail t, json_each(t.tags) j
-         WHERE t.seq <= ?1 AND t.tags IS NOT NULL ORDER BY 1, 2, 3",
-    )?
-    .execute(params![hi])?;
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO event_targets (project_id, target_id, seq)
-         SELECT t.project_id, j.value, t.seq FROM events_tail t, json_each(t.targets) j
-         WHERE t.seq <= ?1 AND t.targets IS NOT NULL ORDER BY 1, 2, 3",
-    )?
-    .execute(params![hi])?;
-    {
-        let mut select = tx.prepare_cached(
-            "SELECT tenant_id, idx, nodes FROM events_tail WHERE seq <= ?1 ORDER BY tenant_id, idx",
-        )?;
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO tree_nodes (tenant_id, level, idx, hash) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut rows = select.query(params![hi])?;
-        while let Some(row) = rows.next()? {
-            let tenant: i64 = row.get(0)?;
-            let idx: i64 = row.get(1)?;
-            let nodes = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
-            for (level, hash) in nodes.chunks_exact(32).enumerate() {
-                insert.execute(params![tenant, level as i64, idx >> level, hash])?;
-            }
-        }
+/// Opens (creating if needed) and migrates a database for offline use by
+/// the CLI or for startup work. When no server holds the database's lock,
+/// acknowledged events that a stopped or crashed server left in the
+/// journal are folded first, so offline tools see every one of them.
+///
+/// # Errors
+/// When the file cannot be opened, the schema is newer than this build, or
+/// the journal cannot be folded.
+pub fn open_admin(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = open_migrated(path)?;
+    let lock = try_lock(path).map_err(|e| StoreError::Backend(Box::new(e)))?;
+    if lock.is_some() {
+        fold::recover(&mut conn, &journal::dir_for(path))?;
     }
-    tx.prepare_cached("DELETE FROM events_tail WHERE seq <= ?1")?
-        .execute(params![hi])?;
-    tx.prepare_cached("DELETE FROM events_tail_leaves WHERE seq <= ?1")?
-        .execute(params![hi])?;
-    tx.commit()?;
-    Ok((n, hi))
+    Ok(conn)
 }
 
 impl SqliteStore {
-    /// Opens the store at `path`, migrating it and starting the writer and
-    /// checkpointer threads.
+    /// Opens the store at `path`, migrating it, folding what the journal
+    /// holds from an earlier run, and starting the writer, fold and
+    /// checkpointer threads. The caller must hold the database's lock
+    /// ([`try_lock`]) for as long as the store is open.
     ///
     /// # Errors
-    /// When the database cannot be opened or migrated.
+    /// When the database cannot be opened or migrated, or the journal
+    /// cannot be read or folded.
     pub fn open(
         path: &Path,
         commit: &CommitConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let conn = open_admin(path)?;
-        // The checkpointer thread owns checkpoints; the writer never blocks on one.
+        let backend = |e: std::io::Error| StoreError::Backend(Box::new(e));
+        let mut conn = open_migrated(path)?;
+        let journal_dir = journal::dir_for(path);
+        fold::index_fts_backlog(&mut conn)?;
+        fold::recover(&mut conn, &journal_dir)?;
+        // The checkpointer thread owns checkpoints; the fold never blocks on one.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        // When the writer rewinds the WAL it also truncates the file to this size.
+        // When the WAL is rewound it is also truncated to this size.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.pragma_update(None, "cache_size", -32_000)?;
-        let watermark: i64 = conn.query_row(
-            "SELECT value FROM meta WHERE key = 'fts_watermark'",
-            [],
-            |r| r.get(0),
-        )?;
-        // open_admin folded the whole tail, so `events` holds the top seq.
-        let top: i64 = conn.query_row(
-            "SELECT max(coalesce((SELECT max(seq) FROM events), 0), coalesce((SELECT max(seq) FROM events_tail), 0))",
-            [],
-            |r| r.get(0),
-        )?;
+        let top_seq: i64 =
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+        let top_tenant: i64 =
+            conn.query_row("SELECT coalesce(max(id), 0) FROM tenants", [], |r| r.get(0))?;
+        let tail = Arc::new(Tail::new());
         let (tx, rx) = std::sync::mpsc::sync_channel(commit.queue_capacity);
         let outbox = Arc::new(tokio::sync::Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
         let writer_alive = Arc::new(AtomicBool::new(true));
-        let writer = Writer {
+        let fold_alive = Arc::new(AtomicBool::new(true));
+
+        let writer = writer::Writer::new(
+            read_only(path)?,
+            journal::Journal::open(&journal_dir).map_err(backend)?,
+            tail.clone(),
+            commit.clone(),
+            metrics.clone(),
+            top_seq,
+            top_tenant,
+        );
+        let folder = fold::Folder {
             conn,
-            tenants: HashMap::new(),
-            commit: commit.clone(),
+            tail: tail.clone(),
+            policy: FoldPolicy {
+                at_events: commit.fold_at_events,
+                interval: Duration::from_millis(commit.fold_interval_ms),
+                idle: Duration::from_millis(commit.fold_idle_ms),
+                chunk: FOLD_CHUNK,
+                max_unfolded: commit.max_unfolded_events,
+            },
+            journal_dir,
             metrics,
-            fts_watermark: watermark,
-            last_fts: Instant::now(),
             outbox: outbox.clone(),
-            broken: false,
-            next_seq: top + 1,
-            tail_len: 0,
-            last_fold: Instant::now(),
         };
         let alive = writer_alive.clone();
         let writer = std::thread::Builder::new()
@@ -222,13 +210,22 @@ impl SqliteStore {
                 writer.run(&rx);
                 alive.store(false, Ordering::SeqCst);
             })
-            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+            .map_err(backend)?;
+        let (alive, fold_tail) = (fold_alive.clone(), tail.clone());
+        let folder = std::thread::Builder::new()
+            .name("trailkeep-fold".into())
+            .spawn(move || {
+                folder.run();
+                alive.store(false, Ordering::SeqCst);
+                fold_tail.fold_gone();
+            })
+            .map_err(backend)?;
         let ck_path = path.to_owned();
         let ck_stop = stop.clone();
         let checkpointer = std::thread::Builder::new()
             .name("trailkeep-checkpoint".into())
             .spawn(move || run_checkpointer(&ck_path, &ck_stop))
-            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+            .map_err(backend)?;
         Ok(Self {
             path: path.to_owned(),
             tx: Mutex::new(Some(tx)),
@@ -236,30 +233,39 @@ impl SqliteStore {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
             }),
+            tail,
             writer: Mutex::new(Some(writer)),
+            folder: Mutex::new(Some(folder)),
             checkpointer: Mutex::new(Some(checkpointer)),
             stop,
             writer_alive,
+            fold_alive,
             side: Arc::default(),
             outbox,
         })
     }
 
-    /// Opens an existing store for reading only: no writer, no
-    /// checkpointer, no search indexing, so it is safe beside a running
-    /// server (the CLI's `export` uses it). Appends fail with
+    /// Opens an existing store for reading only: no writer, no fold, no
+    /// checkpointer, so it is safe beside a running server (the CLI's
+    /// `export` uses it). Events the journal held past the folded ones when
+    /// it opened are read from the journal. Appends fail with
     /// [`StoreError::Unavailable`].
     ///
     /// # Errors
-    /// When the database is missing or its schema is newer than this build.
+    /// When the database is missing, its schema is newer than this build,
+    /// or the journal cannot be read.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let conn = read_only(path)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version != schema::SQLITE_SCHEMA_VERSION {
             return Err(StoreError::Corrupted(format!(
                 "database schema version {version}; this build reads {}",
                 schema::SQLITE_SCHEMA_VERSION
             )));
+        }
+        let tail = Arc::new(Tail::new());
+        for frame in journal::read_frames(&journal::dir_for(path), fold::folded_seq(&conn)?)? {
+            tail.publish(frame);
         }
         Ok(Self {
             path: path.to_owned(),
@@ -268,10 +274,13 @@ impl SqliteStore {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
             }),
+            tail,
             writer: Mutex::new(None),
+            folder: Mutex::new(None),
             checkpointer: Mutex::new(None),
             stop: Arc::new(AtomicBool::new(true)),
             writer_alive: Arc::new(AtomicBool::new(false)),
+            fold_alive: Arc::new(AtomicBool::new(false)),
             side: Arc::default(),
             outbox: Arc::default(),
         })
@@ -283,11 +292,15 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Stops accepting appends, lets the writer finish what is queued, and
-    /// joins the background threads.
+    /// Stops accepting appends, lets the writer answer what is queued, folds
+    /// the whole tail, and joins the background threads.
     pub fn close(&self) {
         drop(self.tx.lock().expect("lock").take());
         if let Some(h) = self.writer.lock().expect("lock").take() {
+            let _ = h.join();
+        }
+        self.tail.close();
+        if let Some(h) = self.folder.lock().expect("lock").take() {
             let _ = h.join();
         }
         self.stop.store(true, Ordering::SeqCst);
@@ -317,15 +330,22 @@ impl SqliteStore {
         })
     }
 
+    /// Runs `f` on a pooled read connection, inside one read transaction,
+    /// with a view of the tail taken before that transaction began (see
+    /// `tail`): `f` must use the view only above the `folded_seq` it reads.
     fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection, &View) -> Result<T, StoreError> + Send + 'static,
     ) -> StoreFuture<'_, T> {
         let pool = self.readers.clone();
+        let tail = self.tail.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || pool.with(f))
-                .await
-                .map_err(|e| StoreError::Backend(Box::new(e)))?
+            tokio::task::spawn_blocking(move || {
+                let view = tail.view();
+                pool.with(|c| f(c, &view))
+            })
+            .await
+            .map_err(|e| StoreError::Backend(Box::new(e)))?
         })
     }
 }
@@ -334,6 +354,15 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+fn read_only(path: &Path) -> Result<Connection, StoreError> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.busy_timeout(Duration::from_secs(10))?;
+    Ok(c)
 }
 
 fn run_checkpointer(path: &Path, stop: &AtomicBool) {
@@ -348,9 +377,9 @@ fn run_checkpointer(path: &Path, stop: &AtomicBool) {
             Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         }) {
             // Under constant writes a passive checkpoint never finds the WAL
-            // fully copied at a moment the writer could restart it, so the
+            // fully copied at a moment the fold could restart it, so the
             // WAL would grow without bound; past the limit, a RESTART
-            // checkpoint briefly holds the writer back and lets it rewind.
+            // checkpoint briefly holds the fold back and lets it rewind.
             Ok((frames, _)) if frames > WAL_RESTART_FRAMES => {
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "WAL restart checkpoint failed");
@@ -376,17 +405,11 @@ impl ReadPool {
         let conn = self.idle.lock().expect("lock").pop();
         let conn = match conn {
             Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                c.busy_timeout(Duration::from_secs(10))?;
-                c
-            }
+            None => read_only(&self.path)?,
         };
         // One read transaction: the reads inside `f` see one snapshot, so a
-        // fold cannot move rows from the tail to `events` between them.
+        // fold cannot move events out of the tail and into the database
+        // between them.
         let res = conn
             .unchecked_transaction()
             .map_err(StoreError::from)
@@ -399,510 +422,45 @@ impl ReadPool {
     }
 }
 
-/// Reads tree nodes of one tenant through any connection.
-struct NodeReader<'c> {
-    conn: &'c Connection,
+/// Folded tree nodes of one tenant from `tree_nodes`; `None` where a node
+/// is not folded.
+fn read_db_nodes(
+    conn: &Connection,
     tenant_id: i64,
-}
-
-impl HashReader for NodeReader<'_> {
-    fn read_hashes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, TlogError> {
-        read_nodes(self.conn, self.tenant_id, ids).map_err(|e| TlogError::Reader(e.to_string()))
-    }
-}
-
-/// Reads tree nodes from `tree_nodes`, and those not folded yet from the
-/// tail. Call it inside one read transaction so a concurrent fold cannot
-/// move a node between the two lookups.
-fn read_nodes(conn: &Connection, tenant_id: i64, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
+    ids: &[NodeId],
+) -> Result<Vec<Option<Hash>>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT hash FROM tree_nodes WHERE tenant_id = ?1 AND level = ?2 AND idx = ?3",
     )?;
-    let mut found: Vec<Option<Hash>> = ids
-        .iter()
+    ids.iter()
         .map(|id| {
             let blob: Option<Vec<u8>> = stmt
                 .query_row(params![tenant_id, id.level, id.index as i64], |r| r.get(0))
                 .optional()?;
             Ok(blob.and_then(|b| <Hash>::try_from(b.as_slice()).ok()))
         })
-        .collect::<Result<_, StoreError>>()?;
-    if found.iter().any(Option::is_none) {
-        // Node (level, i) was completed by the append of leaf
-        // ((i + 1) << level) - 1. The tail has no index but is short: one
-        // scan serves every missing node.
-        let want: HashMap<i64, Vec<usize>> = ids
-            .iter()
-            .enumerate()
-            .filter(|(k, id)| found[*k].is_none() && id.level < 63)
-            .fold(HashMap::new(), |mut m, (k, id)| {
-                let leaf = ((id.index + 1) << id.level) - 1;
-                m.entry(leaf as i64).or_default().push(k);
-                m
-            });
-        let mut tail =
-            conn.prepare_cached("SELECT idx, nodes FROM events_tail WHERE tenant_id = ?1")?;
-        let mut rows = tail.query(params![tenant_id])?;
-        while let Some(row) = rows.next()? {
-            let Some(slots) = want.get(&row.get::<_, i64>(0)?) else {
-                continue;
-            };
-            let nodes = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-            for &k in slots {
-                let at = usize::from(ids[k].level) * 32;
-                found[k] = nodes
-                    .get(at..at + 32)
-                    .and_then(|h| <Hash>::try_from(h).ok());
-            }
-        }
-    }
-    ids.iter()
-        .zip(found)
-        .map(|(id, h)| {
-            h.ok_or_else(|| {
-                StoreError::Corrupted(format!("tenant {tenant_id}: tree node {id:?} is missing"))
-            })
-        })
         .collect()
 }
 
-#[derive(Clone)]
-struct TenantState {
-    id: i64,
-    frontier: Frontier,
-}
-
-struct Writer {
-    conn: Connection,
-    /// Committed state of every tenant this writer has touched, keyed by
-    /// (project, tenant name). Only the writer appends, so this cache is
-    /// exact; it is cleared whenever a commit fails.
-    tenants: HashMap<(ProjectId, String), TenantState>,
-    commit: CommitConfig,
-    metrics: Arc<Metrics>,
-    fts_watermark: i64,
-    last_fts: Instant,
-    outbox: Arc<tokio::sync::Notify>,
-    /// Set when the connection can no longer promise durable commits.
-    broken: bool,
-    /// The `seq` of the next appended event; seqs only grow (gaps are fine).
-    next_seq: i64,
-    /// Rows acknowledged into the tail since the last fold (an estimate
-    /// that only decides when to fold).
-    tail_len: i64,
-    last_fold: Instant,
-}
-
-impl Writer {
-    fn run(mut self, rx: &Receiver<Queued>) {
-        // Events committed before a crash may not be searchable yet.
-        self.index_fts_until_done();
-        let mut pending: Option<Queued> = None;
-        while !self.broken {
-            let first = match pending.take() {
-                Some(q) => q,
-                None => {
-                    // Idle: wait briefly for more appends to fold together.
-                    let wait = if self.tail_len > 0 {
-                        Duration::from_millis(self.commit.fold_idle_ms)
-                    } else {
-                        FTS_MAX_LAG
-                    };
-                    match rx.recv_timeout(wait) {
-                        Ok(q) => q,
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.fold_until_done();
-                            self.index_fts_until_done();
-                            continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            };
-            let mut n_events = first.job.events.len();
-            let mut batch = vec![first];
-            let deadline = Instant::now() + Duration::from_micros(self.commit.window_us);
-            while n_events < self.commit.max_batch_events {
-                let next = match rx.try_recv() {
-                    Ok(q) => Some(q),
-                    Err(_) => {
-                        let now = Instant::now();
-                        if now >= deadline {
-                            None
-                        } else {
-                            rx.recv_timeout(deadline - now).ok()
-                        }
-                    }
-                };
-                let Some(q) = next else { break };
-                n_events += q.job.events.len();
-                batch.push(q);
-            }
-            self.commit_batch(batch, n_events);
-            if self.tail_len >= self.commit.fold_at_events as i64
-                || self.last_fold.elapsed() >= Duration::from_millis(self.commit.fold_interval_ms)
-            {
-                self.fold_chunk();
-            }
-            // Index for search at least every FTS_MAX_LAG while busy.
-            if self.last_fts.elapsed() >= FTS_MAX_LAG {
-                self.index_fts_chunk();
-            }
-            pending = rx.try_recv().ok();
-        }
-        if !self.broken {
-            self.fold_until_done();
-            self.index_fts_until_done();
-        }
-    }
-
-    fn fold_until_done(&mut self) {
-        while !self.broken && self.fold_chunk() == FOLD_CHUNK {}
-    }
-
-    /// Folds up to [`FOLD_CHUNK`] tail rows; returns how many.
-    fn fold_chunk(&mut self) -> i64 {
-        self.last_fold = Instant::now();
-        // A fold only moves rows the tail already holds durably, in one
-        // transaction: if it is lost, the tail still has them. So it need not
-        // wait for fsync; the next acknowledging commit syncs the WAL anyway.
-        let res = self
-            .conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(StoreError::from)
-            .and_then(|()| fold(&mut self.conn, FOLD_CHUNK));
-        if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
-            tracing::error!(error = %e, "cannot restore synchronous=FULL; stopping the writer");
-            self.broken = true;
-        }
-        match res {
-            Ok((n, _)) => {
-                if n > 0 {
-                    self.metrics.observe_background(
-                        Background::Fold,
-                        n as u64,
-                        self.last_fold.elapsed(),
-                    );
-                }
-                // Another process may have folded too: the tail is drained
-                // when a fold moves less than a full chunk.
-                self.tail_len = if n < FOLD_CHUNK {
-                    0
-                } else {
-                    (self.tail_len - n).max(0)
-                };
-                n
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "folding acknowledged events into the indexes failed; will retry");
-                0
-            }
-        }
-    }
-
-    fn commit_batch(&mut self, batch: Vec<Queued>, n_events: usize) {
-        let started = Instant::now();
-        let mut results: Vec<Result<AppendOutcome, StoreError>> = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
-        let notified = batch.iter().any(|q| q.job.notify);
-        let mut failed_keys: Vec<(ProjectId, String)> = Vec::new();
-        let mut appended = 0i64;
-        let outcome = (|| -> Result<(), StoreError> {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = Time::now().as_micros();
-            for Queued { job, reply } in batch {
-                replies.push(reply);
-                tx.execute_batch("SAVEPOINT job")?;
-                let mut job_staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
-                let keys: Vec<(ProjectId, String)> = job
-                    .events
-                    .iter()
-                    .map(|e| (job.project, e.tenant.clone()))
-                    .collect();
-                let first_seq = self.next_seq;
-                match apply_job(
-                    &tx,
-                    &self.tenants,
-                    &staged,
-                    &mut job_staged,
-                    job,
-                    now,
-                    &mut self.next_seq,
-                ) {
-                    Ok(outcome) => {
-                        tx.execute_batch("RELEASE job")?;
-                        staged.extend(job_staged);
-                        appended += self.next_seq - first_seq;
-                        results.push(Ok(outcome));
-                    }
-                    Err(e) => {
-                        tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
-                        // A failed job may mean the cached head is stale (another
-                        // process wrote the file): reload those tenants next time.
-                        failed_keys.extend(keys);
-                        results.push(Err(e));
-                    }
-                }
-            }
-            {
-                let mut stmt =
-                    tx.prepare_cached("UPDATE tenants SET size = ?1, root = ?2 WHERE id = ?3")?;
-                for state in staged.values() {
-                    stmt.execute(params![
-                        state.frontier.size() as i64,
-                        &state.frontier.root()[..],
-                        state.id
-                    ])?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })();
-        match outcome {
-            Ok(()) => {
-                for key in &failed_keys {
-                    self.tenants.remove(key);
-                    staged.remove(key);
-                }
-                self.tenants.extend(staged);
-                self.tail_len += appended;
-                self.metrics.observe_commit(n_events, started.elapsed());
-                if notified {
-                    self.outbox.notify_one();
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "group commit failed; no event in it was acknowledged");
-                self.tenants.clear();
-                results = (0..replies.len())
-                    .map(|_| Err(StoreError::Unavailable))
-                    .collect();
-            }
-        }
-        for (reply, res) in replies.into_iter().zip(results) {
-            let _ = reply.send(res);
-        }
-    }
-
-    fn index_fts_until_done(&mut self) {
-        while !self.broken && self.index_fts_chunk() == FTS_CHUNK {}
-    }
-
-    /// Indexes up to [`FTS_CHUNK`] committed events; returns how many.
-    fn index_fts_chunk(&mut self) -> i64 {
-        self.last_fts = Instant::now();
-        let res = (|| -> Result<i64, StoreError> {
-            // The index is derived data: it is rebuilt from the watermark after
-            // a crash, so this transaction need not wait for fsync.
-            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut n = 0i64;
-            let mut last = self.fts_watermark;
-            {
-                let mut select = tx.prepare_cached(
-                    "SELECT seq, leaf FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )?;
-                let mut insert =
-                    tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
-                let mut rows = select.query(params![self.fts_watermark, FTS_CHUNK])?;
-                while let Some(row) = rows.next()? {
-                    let seq: i64 = row.get(0)?;
-                    let leaf: Vec<u8> = row.get(1)?;
-                    let text = crate::model::Event::from_leaf(&leaf)
-                        .map(|e| e.search_text())
-                        .unwrap_or_default();
-                    insert.execute(params![seq, text])?;
-                    last = seq;
-                    n += 1;
-                }
-            }
-            if n > 0 {
-                tx.execute(
-                    "UPDATE meta SET value = ?1 WHERE key = 'fts_watermark'",
-                    params![last],
-                )?;
-                tx.commit()?;
-                self.fts_watermark = last;
-                self.metrics
-                    .observe_background(Background::Fts, n as u64, self.last_fts.elapsed());
-            }
-            Ok(n)
-        })();
-        if let Err(e) = self.conn.pragma_update(None, "synchronous", "FULL") {
-            // Acknowledging without fsync would break the durability
-            // contract: stop the writer instead; appends then fail with 503.
-            tracing::error!(error = %e, "cannot restore synchronous=FULL; stopping the writer");
-            self.broken = true;
-        }
-        match res {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "full-text indexing failed; will retry");
-                0
-            }
-        }
-    }
-}
-
-fn tenant_state(
-    tx: &Connection,
-    committed: &HashMap<(ProjectId, String), TenantState>,
-    staged: &HashMap<(ProjectId, String), TenantState>,
-    key: &(ProjectId, String),
-    now: i64,
-) -> Result<TenantState, StoreError> {
-    if let Some(s) = staged.get(key).or_else(|| committed.get(key)) {
-        return Ok(s.clone());
-    }
-    let row: Option<(i64, i64)> = tx
-        .query_row(
-            "SELECT id, size FROM tenants WHERE project_id = ?1 AND name = ?2",
-            params![key.0, key.1],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    match row {
-        Some((id, size)) => {
-            let size = u64::try_from(size)
-                .map_err(|_| StoreError::Corrupted("negative tree size".into()))?;
-            let frontier = Frontier::load(
-                size,
-                &NodeReader {
-                    conn: tx,
-                    tenant_id: id,
-                },
-            )
-            .map_err(|e| StoreError::Corrupted(e.to_string()))?;
-            Ok(TenantState { id, frontier })
-        }
-        None => {
-            tx.execute(
-                "INSERT INTO tenants (project_id, name, size, root, created_at) VALUES (?1, ?2, 0, ?3, ?4)",
-                params![key.0, key.1, &tlog::empty_root()[..], now],
-            )?;
-            Ok(TenantState {
-                id: tx.last_insert_rowid(),
-                frontier: Frontier::empty(),
-            })
-        }
-    }
-}
-
-fn apply_job(
-    tx: &Connection,
-    committed: &HashMap<(ProjectId, String), TenantState>,
-    staged: &HashMap<(ProjectId, String), TenantState>,
-    job_staged: &mut HashMap<(ProjectId, String), TenantState>,
-    job: AppendJob,
-    now: i64,
-    next_seq: &mut i64,
-) -> Result<AppendOutcome, StoreError> {
-    let AppendJob {
-        project,
-        events,
-        idempotency,
-        notify,
-    } = job;
-    if let Some((idem, _)) = &idempotency {
-        let prior: Option<(Vec<u8>, u16, Vec<u8>, i64)> = tx
-            .prepare_cached("SELECT request_hash, status, response, created_at FROM idempotency WHERE project_id = ?1 AND key = ?2")?
-            .query_row(params![project, idem.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .optional()?;
-        if let Some((hash, status, body, created_at)) = prior {
-            if now - created_at < IDEMPOTENCY_TTL_MICROS {
-                if hash == idem.request_hash {
-                    return Ok(AppendOutcome::Replayed(StoredResponse { status, body }));
-                }
-                return Ok(AppendOutcome::IdempotencyConflict);
-            }
-            tx.execute(
-                "DELETE FROM idempotency WHERE project_id = ?1 AND key = ?2",
-                params![project, idem.key],
-            )?;
-        }
-    }
-    let mut receipts = Vec::with_capacity(events.len());
-    // Only the tail is written here; see `fold` for the indexed tables.
-    let mut insert_tail = tx.prepare_cached(
-        "INSERT INTO events_tail (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, nodes, tags, targets)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?;
-    let mut insert_leaf =
-        tx.prepare_cached("INSERT INTO events_tail_leaves (seq, leaf) VALUES (?1, ?2)")?;
-    let mut nodes = Vec::with_capacity(64 * 32);
-    for mut event in events {
-        let key = (project, event.tenant.clone());
-        if !job_staged.contains_key(&key) {
-            let state = tenant_state(tx, committed, staged, &key, now)?;
-            job_staged.insert(key.clone(), state);
-        }
-        let state = job_staged.get_mut(&key).expect("just inserted");
-        event.index = state.frontier.size();
-        let leaf = event.leaf();
-        let leaf_hash = tlog::leaf_hash(&leaf);
-        // The append completes nodes (0, i), (1, i >> 1), … in level order,
-        // which is how `fold` reads them back.
-        nodes.clear();
-        for (_, hash) in state.frontier.append(leaf_hash) {
-            nodes.extend_from_slice(&hash);
-        }
-        let tags = json_strings(event.tags.iter().map(String::as_str));
-        let targets = json_strings(event.targets.iter().map(|t| t.id.as_str()));
-        let seq = *next_seq;
-        insert_tail.execute(params![
-            seq,
-            event.id.as_bytes(),
-            project,
-            state.id,
-            event.index as i64,
-            event.occurred_at.as_micros(),
-            event.action,
-            event.actor.id,
-            event.result.map(crate::model::Outcome::as_str),
-            nodes,
-            tags,
-            targets,
-        ])?;
-        insert_leaf.execute(params![seq, leaf])?;
-        *next_seq += 1;
-        if notify {
-            let payload = crate::webhooks::notification_payload(event.received_at, &leaf);
-            tx.prepare_cached(
-                "INSERT INTO webhook_outbox (webhook_id, msg_id, payload, attempts, next_attempt_at, created_at)
-                 SELECT id, ?1, ?2, 0, ?3, ?3 FROM webhooks WHERE project_id = ?4 AND deleted_at IS NULL",
-            )?
-            .execute(params![event.id.to_string(), payload, now, project])?;
-        }
-        receipts.push(Receipt {
-            id: event.id,
-            tenant: event.tenant,
-            index: event.index,
-            received_at: event.received_at,
-            leaf_hash,
-        });
-    }
-    if let Some((idem, render)) = idempotency {
-        let response = render(&receipts);
-        tx.execute(
-            "INSERT INTO idempotency (project_id, key, request_hash, status, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![project, idem.key, &idem.request_hash[..], response.status, response.body, now],
-        )?;
-        return Ok(AppendOutcome::Replayed(response));
-    }
-    Ok(AppendOutcome::Committed(receipts))
-}
-
-/// A JSON array of `items`, or `None` when there are none.
-fn json_strings<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> Option<String> {
-    if items.len() == 0 {
-        return None;
-    }
-    serde_json::to_string(&items.collect::<Vec<_>>()).ok()
+/// Tree nodes of one tenant, folded or still in the tail.
+fn read_nodes(
+    conn: &Connection,
+    view: &View,
+    tenant_id: i64,
+    ids: &[NodeId],
+) -> Result<Vec<Hash>, StoreError> {
+    read_db_nodes(conn, tenant_id, ids)?
+        .into_iter()
+        .zip(ids)
+        .map(|(h, id)| {
+            h.or_else(|| view.node(tenant_id, id.level, id.index))
+                .ok_or_else(|| {
+                    StoreError::Corrupted(format!(
+                        "tenant {tenant_id}: tree node {id:?} is missing"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Columns: seq, tenant_id, idx, leaf, and optionally the stored level-0
@@ -966,7 +524,7 @@ fn prefix_keys(
             action_prefix: None,
             ..q.clone()
         };
-        keys.extend(page_keys(conn, project, &exact, Table::Events)?);
+        keys.extend(page_keys(conn, project, &exact)?);
     }
     keys.sort_unstable_by(|a, b| b.cmp(a));
     keys.truncate(q.limit + 1);
@@ -987,10 +545,9 @@ fn page_keys(
     conn: &Connection,
     project: ProjectId,
     q: &EventQuery,
-    table: Table,
 ) -> Result<Vec<Cursor>, StoreError> {
     let order = q.order();
-    let (sql, args) = page_keys_sql(project, q, table);
+    let (sql, args) = page_keys_sql(project, q);
     let keys = conn
         .prepare_cached(&sql)?
         .query_map(rusqlite::params_from_iter(args), |r| {
@@ -1003,18 +560,13 @@ fn page_keys(
 }
 
 /// The statement of [`page_keys`] and its arguments.
-fn page_keys_sql(
-    project: ProjectId,
-    q: &EventQuery,
-    table: Table,
-) -> (String, Vec<rusqlite::types::Value>) {
+fn page_keys_sql(project: ProjectId, q: &EventQuery) -> (String, Vec<rusqlite::types::Value>) {
     let order = q.order();
     let mut sql = String::from(match order {
         ListOrder::Seq => "SELECT seq, NULL FROM ",
         ListOrder::Time => "SELECT seq, occurred_at FROM ",
     });
-    sql.push_str(table.name());
-    sql.push_str(" WHERE project_id = ?1");
+    sql.push_str("events WHERE project_id = ?1");
     let mut args: Vec<rusqlite::types::Value> = vec![project.into()];
     let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
         args.push(v);
@@ -1038,22 +590,18 @@ fn page_keys_sql(
         arg(&mut sql, " AND action < @", format!("{p}\u{10FFFF}").into());
     }
     if let Some(t) = &q.target {
-        let clause = match table {
-            Table::Events => {
-                " AND seq IN (SELECT seq FROM event_targets WHERE project_id = ?1 AND target_id = @)"
-            }
-            Table::Tail => " AND EXISTS (SELECT 1 FROM json_each(targets) WHERE value = @)",
-        };
-        arg(&mut sql, clause, t.clone().into());
+        arg(
+            &mut sql,
+            " AND seq IN (SELECT seq FROM event_targets WHERE project_id = ?1 AND target_id = @)",
+            t.clone().into(),
+        );
     }
     if let Some(t) = &q.tag {
-        let clause = match table {
-            Table::Events => {
-                " AND seq IN (SELECT seq FROM event_tags WHERE project_id = ?1 AND tag = @)"
-            }
-            Table::Tail => " AND EXISTS (SELECT 1 FROM json_each(tags) WHERE value = @)",
-        };
-        arg(&mut sql, clause, t.clone().into());
+        arg(
+            &mut sql,
+            " AND seq IN (SELECT seq FROM event_tags WHERE project_id = ?1 AND tag = @)",
+            t.clone().into(),
+        );
     }
     if let Some(r) = &q.result {
         arg(&mut sql, " AND result = @", r.clone().into());
@@ -1078,8 +626,7 @@ fn page_keys_sql(
     if let Some(u) = upper {
         arg(&mut sql, " AND occurred_at < @", u.into());
     }
-    // The tail is never searched by text: see `run_query`.
-    if !q.text_terms.is_empty() && table == Table::Events {
+    if !q.text_terms.is_empty() {
         arg(
             &mut sql,
             " AND seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH @)",
@@ -1109,66 +656,45 @@ fn page_keys_sql(
 mod query_plan;
 
 /// A page: its keys first (see [`page_keys`]), then the rows of those keys.
-/// Where a listing looks for events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Table {
-    /// Folded events, with every index.
-    Events,
-    /// Acknowledged events not folded yet: few, unindexed, scanned.
-    Tail,
-}
-
-impl Table {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Events => "events",
-            Self::Tail => "events_tail",
-        }
-    }
-}
-
-/// A page: its keys first (see [`page_keys`]), then the rows of those keys.
-/// Keys come from the folded events and from the tail, merged, so a listing
-/// sees every acknowledged event without waiting for a fold. Full-text
-/// queries skip the tail: search is derived data that trails the fold
-/// (see `index_fts_chunk`).
-fn run_query(conn: &Connection, project: ProjectId, q: &EventQuery) -> Result<Page, StoreError> {
+/// Keys come from the folded events and from the tail above what this
+/// snapshot has folded, merged, so a listing sees every acknowledged event
+/// without waiting for a fold. Full-text queries skip the tail: search
+/// trails acknowledgment by one fold (`commit.fold_interval_ms`).
+fn run_query(
+    conn: &Connection,
+    view: &View,
+    project: ProjectId,
+    q: &EventQuery,
+) -> Result<Page, StoreError> {
+    let folded = fold::folded_seq(conn)?;
     let split = match (&q.action_prefix, &q.action, q.order()) {
         (Some(prefix), None, ListOrder::Seq) => prefix_keys(conn, project, q, prefix)?,
         _ => None,
     };
     let mut keys = match split {
         Some(keys) => keys,
-        None => page_keys(conn, project, q, Table::Events)?,
+        None => page_keys(conn, project, q)?,
     };
-    if q.text_terms.is_empty()
-        && conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM events_tail)")?
-            .query_row([], |r| r.get::<_, bool>(0))?
-    {
-        keys.extend(page_keys(conn, project, q, Table::Tail)?);
-        keys.sort_unstable_by(|a, b| b.cmp(a));
-        keys.dedup();
-        keys.truncate(q.limit + 1);
+    if q.text_terms.is_empty() {
+        let tail = view.page_keys(project, q, folded);
+        if !tail.is_empty() {
+            keys.extend(tail);
+            keys.sort_unstable_by(|a, b| b.cmp(a));
+            keys.truncate(q.limit + 1);
+        }
     }
     let more = keys.len() > q.limit;
     keys.truncate(q.limit);
     let mut fetch =
         conn.prepare_cached("SELECT seq, tenant_id, idx, leaf FROM events WHERE seq = ?1")?;
-    let mut fetch_tail = conn.prepare_cached(
-        "SELECT t.seq, t.tenant_id, t.idx, l.leaf, substr(t.nodes, 1, 32) FROM events_tail t JOIN events_tail_leaves l ON l.seq = t.seq WHERE t.seq = ?1",
-    )?;
     let events: Vec<StoredEvent> = keys
         .iter()
-        .map(|key| {
-            match fetch
-                .query_row(params![key.seq()], stored_event)
-                .optional()?
-            {
-                Some(e) => Ok(e),
-                None => fetch_tail.query_row(params![key.seq()], stored_event),
-            }
-        })
+        .map(
+            |key| match view.by_seq(key.seq()).filter(|e| e.seq > folded) {
+                Some(e) => Ok(e.stored()),
+                None => fetch.query_row(params![key.seq()], stored_event),
+            },
+        )
         .collect::<Result<_, _>>()?;
     Ok(Page {
         events,
@@ -1196,30 +722,23 @@ impl EventStore for SqliteStore {
     }
 
     fn get(&self, project: ProjectId, id: Uuid) -> StoreFuture<'_, Option<StoredEvent>> {
-        self.read(move |c| {
+        self.read(move |c, view| {
             let folded = c
                 .prepare_cached(
                     "SELECT seq, tenant_id, idx, leaf FROM events WHERE id = ?1 AND project_id = ?2",
                 )?
                 .query_row(params![id.as_bytes(), project], stored_event)
                 .optional()?;
-            if folded.is_some() {
-                return Ok(folded);
-            }
-            Ok(c.prepare_cached(
-                "SELECT t.seq, t.tenant_id, t.idx, l.leaf, substr(t.nodes, 1, 32) FROM events_tail t JOIN events_tail_leaves l ON l.seq = t.seq WHERE t.id = ?1 AND t.project_id = ?2",
-            )?
-            .query_row(params![id.as_bytes(), project], stored_event)
-            .optional()?)
+            Ok(folded.or_else(|| view.by_id(project, id).map(|e| e.stored())))
         })
     }
 
     fn query(&self, project: ProjectId, query: EventQuery) -> StoreFuture<'_, Page> {
-        self.read(move |c| run_query(c, project, &query))
+        self.read(move |c, view| run_query(c, view, project, &query))
     }
 
     fn authenticate(&self, key_hash: [u8; 32]) -> StoreFuture<'_, Option<Principal>> {
-        self.read(move |c| {
+        self.read(move |c, _| {
             let row: Option<(i64, Vec<u8>, i64, String)> = c
                 .prepare_cached(
                     "SELECT k.id, k.key_hash, p.id, p.name FROM api_keys k JOIN projects p ON p.id = k.project_id
@@ -1234,7 +753,7 @@ impl EventStore for SqliteStore {
     }
 
     fn tree_head(&self, project: ProjectId, tenant: String) -> StoreFuture<'_, Option<TreeHead>> {
-        self.read(move |c| {
+        self.read(move |c, view| {
             let row: Option<(i64, i64, Vec<u8>)> = c
                 .prepare_cached(
                     "SELECT id, size, root FROM tenants WHERE project_id = ?1 AND name = ?2",
@@ -1243,17 +762,23 @@ impl EventStore for SqliteStore {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .optional()?;
-            row.map(|(tenant_id, size, root)| TreeHead::from_stored(tenant_id, size, &root))
-                .transpose()
+            let folded = row
+                .map(|(tenant_id, size, root)| TreeHead::from_stored(tenant_id, size, &root))
+                .transpose()?;
+            // The tail's head is newer whenever the tenant has events in it.
+            Ok(match (folded, view.head(project, &tenant)) {
+                (Some(f), Some(t)) if f.size >= t.size => Some(f),
+                (f, t) => t.or(f),
+            })
         })
     }
 
     fn read_nodes(&self, tenant_id: i64, ids: Vec<NodeId>) -> StoreFuture<'_, Vec<Hash>> {
-        self.read(move |c| read_nodes(c, tenant_id, &ids))
+        self.read(move |c, view| read_nodes(c, view, tenant_id, &ids))
     }
 
     fn scan_tenant(&self, tenant_id: i64, from: u64, to: u64) -> StoreFuture<'_, Vec<StoredEvent>> {
-        self.read(move |c| {
+        self.read(move |c, view| {
             let mut events: Vec<StoredEvent> = c
                 .prepare_cached(
                     "SELECT e.seq, e.tenant_id, e.idx, e.leaf, n.hash FROM events e
@@ -1264,16 +789,14 @@ impl EventStore for SqliteStore {
                 .collect::<Result<_, _>>()?;
             // The newest events may not be folded yet.
             if events.len() as u64 != to.saturating_sub(from) {
-                let tail: Vec<StoredEvent> = c
-                    .prepare_cached(
-                        "SELECT t.seq, t.tenant_id, t.idx, l.leaf, substr(t.nodes, 1, 32) FROM events_tail t
-                         JOIN events_tail_leaves l ON l.seq = t.seq
-                         WHERE t.tenant_id = ?1 AND t.idx >= ?2 AND t.idx < ?3",
-                    )?
-                    .query_map(params![tenant_id, from as i64, to as i64], stored_event)?
-                    .collect::<Result<_, _>>()?;
-                if !tail.is_empty() {
-                    events.extend(tail);
+                let folded = fold::folded_seq(c)?;
+                let before = events.len();
+                events.extend(
+                    view.events_after(folded)
+                        .filter(|e| e.tenant_id == tenant_id && (from..to).contains(&e.index))
+                        .map(journal::TailEvent::stored),
+                );
+                if events.len() != before {
                     events.sort_by_key(|e| e.index);
                 }
             }
@@ -1291,7 +814,7 @@ impl EventStore for SqliteStore {
     }
 
     fn list_webhooks(&self, project: ProjectId) -> StoreFuture<'_, Vec<Webhook>> {
-        self.read(move |c| admin::list_webhooks(c, project))
+        self.read(move |c, _| admin::list_webhooks(c, project))
     }
 
     fn delete_webhook(&self, project: ProjectId, id: i64) -> StoreFuture<'_, bool> {
@@ -1299,7 +822,7 @@ impl EventStore for SqliteStore {
     }
 
     fn due_deliveries(&self, now: Time, limit: usize) -> StoreFuture<'_, Vec<Delivery>> {
-        self.read(move |c| {
+        self.read(move |c, _| {
             Ok(c.prepare_cached(
                 "SELECT o.id, w.url, w.secret, o.msg_id, o.payload, o.attempts FROM webhook_outbox o
                  JOIN webhooks w ON w.id = o.webhook_id
@@ -1346,12 +869,13 @@ impl EventStore for SqliteStore {
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
-        let alive = self.writer_alive.load(Ordering::SeqCst);
+        let alive =
+            self.writer_alive.load(Ordering::SeqCst) && self.fold_alive.load(Ordering::SeqCst);
         Box::pin(async move {
             if !alive {
                 return Err(StoreError::Unavailable);
             }
-            self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            self.read(|c, _| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
                 .await
         })
     }

@@ -345,7 +345,17 @@ async fn check_store(store: Arc<dyn EventStore>, p1: i64, p2: i64, key_hash: [u8
         },
     )
     .await;
-    let due = s.due_deliveries(Time::now(), 10).await.unwrap();
+    // The notification is durable with the event; SQLite queues it for
+    // delivery when the event is folded, PostgreSQL in the event's own
+    // transaction, so wait a bounded moment for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let due = loop {
+        let due = s.due_deliveries(Time::now(), 10).await.unwrap();
+        if !due.is_empty() || std::time::Instant::now() > deadline {
+            break due;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].msg_id, notified[0].id.to_string());
     let later = Time::from_micros(Time::now().as_micros() + 60_000_000);

@@ -229,11 +229,20 @@ async fn concurrent_ingestion_into_one_tenant_is_contiguous_and_verifies() {
 }
 
 fn copy_dir(from: &Path) -> tempfile::TempDir {
-    let to = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
+    fn copy(from: &Path, to: &Path) {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let dest = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                std::fs::create_dir(&dest).unwrap();
+                copy(&entry.path(), &dest);
+            } else {
+                std::fs::copy(entry.path(), dest).unwrap();
+            }
+        }
     }
+    let to = tempfile::tempdir().unwrap();
+    copy(from, to.path());
     to
 }
 
@@ -352,10 +361,17 @@ fn count(dir: &Path, table: &str) -> i64 {
         .unwrap()
 }
 
-/// SQLite acknowledges into `events_tail` and folds into the indexes later:
-/// with the fold held off, every read (point reads, proofs, exports and
-/// listings) is answered from the tail, and the offline tools and a clean
-/// stop fold what is left behind.
+/// Bytes in the journal's segment files (`<db>.journal/*.seg`).
+fn journal_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("trailkeep.db.journal"))
+        .map(|entries| entries.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+        .unwrap_or(0)
+}
+
+/// SQLite acknowledges into its journal and the in-memory tail, and folds
+/// into the database later: with the fold held off, every read (point
+/// reads, proofs, exports and listings) is answered from the tail, and the
+/// offline tools (after a crash) and a clean stop fold what is left behind.
 #[tokio::test]
 async fn acknowledged_events_are_readable_before_they_are_folded() {
     if std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres") {
@@ -369,8 +385,11 @@ async fn acknowledged_events_are_readable_before_they_are_folded() {
     })
     .await;
     let receipts = ingest(&s, "t", 13).await;
-    assert_eq!(count(s.dir.path(), "events_tail"), 13);
     assert_eq!(count(s.dir.path(), "events"), 0);
+    assert!(
+        journal_bytes(s.dir.path()) > 13 * 100,
+        "acknowledged events are journaled"
+    );
     let (_, cp13) = checkpoint(&s, "t").await;
     for (i, r) in receipts.iter().enumerate() {
         let id = r["id"].as_str().unwrap();
@@ -406,7 +425,7 @@ async fn acknowledged_events_are_readable_before_they_are_folded() {
 
     // More appends extend the tree from tail nodes.
     let more = ingest(&s, "t", 7).await;
-    assert_eq!(count(s.dir.path(), "events_tail"), 20);
+    assert_eq!(count(s.dir.path(), "events"), 0);
     let (_, cp20) = checkpoint(&s, "t").await;
     let (_, c) = s.get("/v1/tenants/t/consistency?from=13", KEY).await;
     tlog::verify_consistency(13, 20, &hashes(&c["hashes"]), &cp13.root, &cp20.root).unwrap();
@@ -421,8 +440,8 @@ async fn acknowledged_events_are_readable_before_they_are_folded() {
     )
     .unwrap();
 
-    // Leave rows in the tail as a crash would: a consistent copy taken while
-    // serving, with the signing key beside it.
+    // Leave events in the journal as a crash would: a consistent copy of the
+    // database and the journal taken while serving, with the signing key.
     let crashed = tempfile::tempdir().unwrap();
     rusqlite::Connection::open(s.dir.path().join("trailkeep.db"))
         .unwrap()
@@ -436,7 +455,13 @@ async fn acknowledged_events_are_readable_before_they_are_folded() {
         crashed.path().join("log-signing.key"),
     )
     .unwrap();
-    assert_eq!(count(crashed.path(), "events_tail"), 20);
+    let journal = crashed.path().join("trailkeep.db.journal");
+    std::fs::create_dir(&journal).unwrap();
+    for entry in std::fs::read_dir(s.dir.path().join("trailkeep.db.journal")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), journal.join(entry.file_name())).unwrap();
+    }
+    assert_eq!(count(crashed.path(), "events"), 0);
     let vkey = std::fs::read_to_string(s.dir.path().join("log-signing.key")).unwrap();
     let vkey = tlog::NoteSigner::from_private_key(&vkey)
         .unwrap()
@@ -446,13 +471,18 @@ async fn acknowledged_events_are_readable_before_they_are_folded() {
         fsck_and_verify(crashed.path(), &vkey, None);
     assert_eq!(fsck_code, 0, "{fsck_out}");
     assert_eq!(verify_code, 0, "{verify_out}");
-    assert_eq!(count(crashed.path(), "events_tail"), 0);
+    assert_eq!(
+        journal_bytes(crashed.path()),
+        0,
+        "the offline tools fold the journal"
+    );
     assert_eq!(count(crashed.path(), "events"), 20);
     // Complete subtrees of 20 leaves: 20 + 10 + 5 + 2 + 1.
     assert_eq!(count(crashed.path(), "tree_nodes"), 38);
     // A clean stop folds everything, and the tree extends from folded nodes.
     let dir = s.stop().await;
-    assert_eq!(count(dir.path(), "events_tail"), 0);
+    assert_eq!(journal_bytes(dir.path()), 0);
+    assert_eq!(count(dir.path(), "events"), 20);
     assert_eq!(count(dir.path(), "tree_nodes"), 38);
     let s = TestServer::start_in(dir, |_| {}).await;
     ingest(&s, "t", 1).await;
@@ -460,4 +490,35 @@ async fn acknowledged_events_are_readable_before_they_are_folded() {
     let (_, c) = s.get("/v1/tenants/t/consistency?from=20", KEY).await;
     tlog::verify_consistency(20, 21, &hashes(&c["hashes"]), &cp20.root, &cp21.root).unwrap();
     assert_eq!(s.list_all("tenant=t", KEY).await.len(), 21);
+}
+
+/// `commit.max_unfolded_events` bounds the tail: once that many events wait,
+/// the writer has the fold run before it appends more, even when every
+/// other fold trigger is far off.
+#[tokio::test]
+async fn a_full_tail_is_folded_before_more_is_appended() {
+    if std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres") {
+        println!("SQLite only: PostgreSQL has no tail");
+        return;
+    }
+    let s = TestServer::start_with(|c| {
+        c.commit.fold_at_events = 1_000_000;
+        c.commit.fold_interval_ms = 3_600_000;
+        c.commit.fold_idle_ms = 3_600_000;
+        c.commit.max_unfolded_events = 4;
+    })
+    .await;
+    ingest(&s, "t", 3).await;
+    assert_eq!(
+        count(s.dir.path(), "events"),
+        0,
+        "under the limit nothing folds"
+    );
+    ingest(&s, "t", 2).await;
+    // The fourth event filled the tail, so the fifth waited for a fold.
+    assert_eq!(count(s.dir.path(), "events"), 4);
+    ingest(&s, "t", 5).await;
+    assert_eq!(count(s.dir.path(), "events"), 8);
+    let listed = s.list_all("tenant=t", KEY).await;
+    assert_eq!(listed.len(), 10);
 }

@@ -5,7 +5,7 @@ use super::*;
 
 /// `EXPLAIN QUERY PLAN` of the key statement of `q`, one line per step.
 fn plan(conn: &Connection, q: &EventQuery) -> Vec<String> {
-    let (sql, args) = page_keys_sql(1, q, Table::Events);
+    let (sql, args) = page_keys_sql(1, q);
     conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
         .unwrap()
         .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
