@@ -175,16 +175,20 @@ pub fn check(conn: &Connection) -> Result<(u64, Vec<Finding>), rusqlite::Error> 
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
         .collect::<Result<_, _>>()?;
     for (tenant_id, project, tenant, size, root) in tenants {
-        let nodes: HashMap<NodeId, Hash> = conn
-            .prepare("SELECT level, idx, hash FROM tree_nodes WHERE tenant_id = ?1")?
-            .query_map(params![tenant_id], |r| {
-                let hash: Vec<u8> = r.get(2)?;
-                Ok((
-                    NodeId::new(r.get(0)?, r.get::<_, i64>(1)? as u64),
-                    hash.as_slice().try_into().unwrap_or([0u8; 32]),
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
+        // Each event row holds the nodes its append completed, level 0 first.
+        let mut nodes: HashMap<NodeId, Hash> = HashMap::new();
+        let mut stmt = conn.prepare("SELECT idx, nodes FROM events WHERE tenant_id = ?1")?;
+        let mut rows = stmt.query(params![tenant_id])?;
+        while let Some(row) = rows.next()? {
+            let idx = row.get::<_, i64>(0)? as u64;
+            let blob = row.get_ref(1)?.as_blob_or_null()?.unwrap_or_default();
+            for (level, hash) in blob.chunks(32).enumerate() {
+                nodes.insert(
+                    NodeId::new(level as u8, idx >> level),
+                    hash.try_into().unwrap_or([0u8; 32]),
+                );
+            }
+        }
         let mut check = TenantCheck::new(project, tenant, size as u64, root, nodes);
         let mut stmt =
             conn.prepare("SELECT idx, leaf FROM events WHERE tenant_id = ?1 ORDER BY idx")?;

@@ -316,7 +316,17 @@ async fn copy_table(
     };
     let statement = tx.prepare(&insert).await?;
     let leaf_at = columns.iter().position(|c| c.0 == "leaf");
-    let mut stmt = src.prepare(&format!("SELECT {names} FROM {table}"))?;
+    let select = if table == "tree_nodes" {
+        // SQLite keeps each event's nodes in its row (`events.nodes`, 32 bytes
+        // a level from level 0); PostgreSQL has a row per node.
+        "WITH RECURSIVE levels(level) AS (SELECT 0 UNION ALL SELECT level + 1 FROM levels WHERE level < 63)
+         SELECT e.tenant_id, levels.level, e.idx >> levels.level, substr(e.nodes, levels.level * 32 + 1, 32)
+         FROM events e JOIN levels ON levels.level * 32 < length(e.nodes)"
+            .to_owned()
+    } else {
+        format!("SELECT {names} FROM {table}")
+    };
+    let mut stmt = src.prepare(&select)?;
     let mut rows = stmt.query([])?;
     let mut total = 0;
     loop {

@@ -5,8 +5,8 @@
 //! group of jobs as one frame to the acknowledgment journal (`journal`),
 //! answering nobody before the frame is `fdatasync`ed. The durable frame is
 //! then published to the in-memory tail (`tail`), which reads merge with
-//! the database. The fold thread (`fold`) moves tail frames into `events`,
-//! `tree_nodes`, every secondary index and full text in large
+//! the database. The fold thread (`fold`) moves tail frames into `events`
+//! (with their tree nodes), every secondary index and full text in large
 //! transactions, so a randomly keyed index page is rewritten once per fold
 //! instead of once per acknowledgment, and deletes journal segments once
 //! they are folded. Reads use a small pool of read-only connections that
@@ -422,24 +422,38 @@ impl ReadPool {
     }
 }
 
-/// Folded tree nodes of one tenant from `tree_nodes`; `None` where a node
-/// is not folded.
+/// Folded tree nodes of one tenant; `None` where a node is not folded.
+/// Node `(level, i)` is stored in the `nodes` of the event whose append
+/// completed it, leaf `((i + 1) << level) - 1`, at `level * 32`.
 fn read_db_nodes(
     conn: &Connection,
     tenant_id: i64,
     ids: &[NodeId],
 ) -> Result<Vec<Option<Hash>>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT hash FROM tree_nodes WHERE tenant_id = ?1 AND level = ?2 AND idx = ?3",
+        "SELECT substr(nodes, ?3 * 32 + 1, 32) FROM events WHERE tenant_id = ?1 AND idx = ?2",
     )?;
     ids.iter()
         .map(|id| {
+            let Some(leaf) = completing_leaf(id) else {
+                return Ok(None);
+            };
             let blob: Option<Vec<u8>> = stmt
-                .query_row(params![tenant_id, id.level, id.index as i64], |r| r.get(0))
+                .query_row(params![tenant_id, leaf, id.level], |r| r.get(0))
                 .optional()?;
             Ok(blob.and_then(|b| <Hash>::try_from(b.as_slice()).ok()))
         })
         .collect()
+}
+
+/// The leaf whose append completed node `id`, if it fits an `i64`.
+fn completing_leaf(id: &NodeId) -> Option<i64> {
+    let leaf = id
+        .index
+        .checked_add(1)?
+        .checked_shl(u32::from(id.level))?
+        .checked_sub(1)?;
+    i64::try_from(leaf).ok()
 }
 
 /// Tree nodes of one tenant, folded or still in the tail.
@@ -453,12 +467,9 @@ fn read_nodes(
         .into_iter()
         .zip(ids)
         .map(|(h, id)| {
-            h.or_else(|| view.node(tenant_id, id.level, id.index))
-                .ok_or_else(|| {
-                    StoreError::Corrupted(format!(
-                        "tenant {tenant_id}: tree node {id:?} is missing"
-                    ))
-                })
+            h.or_else(|| view.node(tenant_id, id)).ok_or_else(|| {
+                StoreError::Corrupted(format!("tenant {tenant_id}: tree node {id:?} is missing"))
+            })
         })
         .collect()
 }
@@ -781,9 +792,8 @@ impl EventStore for SqliteStore {
         self.read(move |c, view| {
             let mut events: Vec<StoredEvent> = c
                 .prepare_cached(
-                    "SELECT e.seq, e.tenant_id, e.idx, e.leaf, n.hash FROM events e
-                 LEFT JOIN tree_nodes n ON n.tenant_id = e.tenant_id AND n.level = 0 AND n.idx = e.idx
-                 WHERE e.tenant_id = ?1 AND e.idx >= ?2 AND e.idx < ?3 ORDER BY e.idx",
+                    "SELECT seq, tenant_id, idx, leaf, substr(nodes, 1, 32) FROM events
+                     WHERE tenant_id = ?1 AND idx >= ?2 AND idx < ?3 ORDER BY idx",
                 )?
                 .query_map(params![tenant_id, from as i64, to as i64], stored_event)?
                 .collect::<Result<_, _>>()?;

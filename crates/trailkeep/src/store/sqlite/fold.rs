@@ -1,9 +1,10 @@
 //! The fold: moves acknowledged group commits from the tail into the
-//! database (events, tree nodes, every secondary index, full text, tenant
+//! database (events with their tree nodes, every secondary index, full text, tenant
 //! heads, idempotency records and webhook notifications) in large
 //! transactions, so each randomly keyed index page is rewritten once per
 //! fold instead of once per acknowledgment.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,11 +57,8 @@ pub(super) fn fold_frames<'f>(
             ])?;
         }
         let mut event = tx.prepare_cached(
-            "INSERT INTO events (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        let mut node = tx.prepare_cached(
-            "INSERT INTO tree_nodes (tenant_id, level, idx, hash) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO events (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf, nodes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         let mut tag = tx.prepare_cached(
             "INSERT OR IGNORE INTO event_tags (project_id, tag, seq) VALUES (?1, ?2, ?3)",
@@ -75,9 +73,14 @@ pub(super) fn fold_frames<'f>(
             "INSERT INTO webhook_outbox (webhook_id, msg_id, payload, attempts, next_attempt_at, created_at)
              SELECT id, ?1, ?2, 0, ?3, ?3 FROM webhooks WHERE project_id = ?4 AND deleted_at IS NULL",
         )?;
-        let mut last_action: Option<(i64, &str)> = None;
+        let mut actions: HashSet<(i64, &str)> = HashSet::new();
+        let mut nodes: Vec<u8> = Vec::with_capacity(64 * 32);
         let now = Time::now().as_micros();
         for e in frames.clone().flat_map(|f| &f.events) {
+            nodes.clear();
+            for hash in &e.nodes {
+                nodes.extend_from_slice(hash);
+            }
             event.execute(params![
                 e.seq,
                 e.id.as_bytes(),
@@ -89,24 +92,16 @@ pub(super) fn fold_frames<'f>(
                 e.actor_id,
                 e.result.map(crate::model::Outcome::as_str),
                 e.leaf,
+                nodes,
             ])?;
-            for (level, hash) in e.nodes.iter().enumerate() {
-                node.execute(params![
-                    e.tenant_id,
-                    level as i64,
-                    (e.index >> level) as i64,
-                    &hash[..]
-                ])?;
-            }
             for t in &e.tags {
                 tag.execute(params![e.project, t, e.seq])?;
             }
             for t in &e.targets {
                 target.execute(params![e.project, t, e.seq])?;
             }
-            if last_action != Some((e.project, e.action.as_str())) {
+            if actions.insert((e.project, &e.action)) {
                 action.execute(params![e.project, e.action])?;
-                last_action = Some((e.project, &e.action));
             }
             if e.notify {
                 let payload = crate::webhooks::notification_payload(

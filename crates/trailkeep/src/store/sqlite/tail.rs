@@ -85,15 +85,11 @@ impl View {
 
     /// The stored node `(level, node_index)` of a tenant's tree, if the
     /// append that completed it is in the tail.
-    pub(super) fn node(&self, tenant_id: i64, level: u8, node_index: u64) -> Option<Hash> {
-        // Node (level, i) is completed by the append of leaf ((i + 1) << level) - 1.
-        let leaf = node_index
-            .checked_add(1)?
-            .checked_shl(u32::from(level))?
-            .checked_sub(1)?;
+    pub(super) fn node(&self, tenant_id: i64, id: &tlog::NodeId) -> Option<Hash> {
+        let leaf = u64::try_from(super::completing_leaf(id)?).ok()?;
         self.by_leaf(tenant_id, leaf)?
             .nodes
-            .get(usize::from(level))
+            .get(usize::from(id.level))
             .copied()
     }
 
