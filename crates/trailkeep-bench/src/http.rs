@@ -198,6 +198,8 @@ pub struct LoadSpec {
 
 /// The name of trailkeep's writer thread as `/proc` shows it (15 bytes).
 const WRITER_THREAD: &str = "trailkeep-write";
+/// The name of trailkeep's SQLite fold thread.
+const FOLD_THREAD: &str = "trailkeep-fold";
 
 /// Tallies of one load run.
 #[derive(Debug, Default)]
@@ -221,6 +223,8 @@ pub struct LoadResult {
     pub cpu_secs: f64,
     /// CPU seconds of trailkeep's single writer thread while measuring.
     pub writer_cpu_secs: f64,
+    /// CPU seconds of trailkeep's fold thread (SQLite) while measuring.
+    pub fold_cpu_secs: f64,
     /// Bytes the process sent to storage while measuring.
     pub storage_write_bytes: u64,
     /// CPU seconds of the machine's `postgres` processes while measuring
@@ -303,6 +307,7 @@ pub async fn run_load(addr: SocketAddr, spec: &LoadSpec, source: Source) -> io::
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_start = crate::sys::cpu_secs();
     let writer_start = crate::sys::thread_cpu_secs(WRITER_THREAD);
+    let fold_start = crate::sys::thread_cpu_secs(FOLD_THREAD);
     let written_start = crate::sys::storage_write_bytes();
     let postgres_start = crate::sys::processes_cpu_secs("postgres");
     let mut total = LoadResult::default();
@@ -326,6 +331,7 @@ pub async fn run_load(addr: SocketAddr, spec: &LoadSpec, source: Source) -> io::
     }
     total.cpu_secs = crate::sys::cpu_secs() - cpu_start;
     total.writer_cpu_secs = crate::sys::thread_cpu_secs(WRITER_THREAD) - writer_start;
+    total.fold_cpu_secs = crate::sys::thread_cpu_secs(FOLD_THREAD) - fold_start;
     total.storage_write_bytes = crate::sys::storage_write_bytes().saturating_sub(written_start);
     total.postgres_cpu_secs = crate::sys::processes_cpu_since(
         &postgres_start,

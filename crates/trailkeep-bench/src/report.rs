@@ -167,6 +167,12 @@ pub fn table(s: &Value) -> String {
             fmt(&c["fold_us_per_event"]),
             fmt(&c["fts_us_per_event"]),
         ));
+        out.push_str(&format!(
+            "{phase}: CPU per event: process {} us, writer thread {} us, fold thread {} us\n",
+            fmt(&t[phase]["cpu_us_per_event"]),
+            fmt(&t[phase]["writer_cpu_us_per_event"]),
+            fmt(&t[phase]["fold_cpu_us_per_event"]),
+        ));
     }
     out.push_str(&format!(
         "durable-append ceiling: {} bytes to storage per event\n",

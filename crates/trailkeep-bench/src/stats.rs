@@ -47,6 +47,10 @@ pub fn latency_json(sorted_us: &[u32]) -> Value {
     })
 }
 
+fn per_event_us(secs: f64, events: u64) -> Option<f64> {
+    (events > 0).then(|| secs * 1e6 / events as f64)
+}
+
 /// The figures of a load run for requests of `kind`.
 #[must_use]
 pub fn load_json(r: &LoadResult, kind: Kind) -> Value {
@@ -64,6 +68,12 @@ pub fn load_json(r: &LoadResult, kind: Kind) -> Value {
         "cpu_cores_busy": if r.secs > 0.0 { r.cpu_secs / r.secs } else { 0.0 },
         "writer_cpu_secs": r.writer_cpu_secs,
         "writer_cores_busy": if r.secs > 0.0 { r.writer_cpu_secs / r.secs } else { 0.0 },
+        "fold_cpu_secs": r.fold_cpu_secs,
+        "fold_cores_busy": if r.secs > 0.0 { r.fold_cpu_secs / r.secs } else { 0.0 },
+        // CPU per event does not depend on how much of the machine the run got.
+        "cpu_us_per_event": per_event_us(r.cpu_secs, r.events),
+        "writer_cpu_us_per_event": per_event_us(r.writer_cpu_secs, r.events),
+        "fold_cpu_us_per_event": per_event_us(r.fold_cpu_secs, r.events),
         "postgres_cpu_secs": r.postgres_cpu_secs,
         "postgres_cores_busy": if r.secs > 0.0 { r.postgres_cpu_secs / r.secs } else { 0.0 },
         "storage_write_bytes": r.storage_write_bytes,
