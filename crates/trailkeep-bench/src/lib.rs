@@ -307,6 +307,7 @@ async fn ingest_sqlite(
 ) -> anyhow::Result<Value> {
     let tk = server::start().await?;
     let commits_0 = server::Commits::scrape(tk.addr).await?;
+    let rss_before = [sys::rss_bytes(), 0, 0];
     sys::reset_peak_rss();
     let single = http::run_load(
         tk.addr,
@@ -317,6 +318,7 @@ async fn ingest_sqlite(
     let single_rss = sys::peak_rss_bytes();
     fail_on_errors("single", &single)?;
     let commits_1 = server::Commits::scrape(tk.addr).await?;
+    let rss_before = [rss_before[0], sys::rss_bytes(), 0];
     sys::reset_peak_rss();
     let batch = http::run_load(
         tk.addr,
@@ -327,6 +329,7 @@ async fn ingest_sqlite(
     let batch_rss = sys::peak_rss_bytes();
     fail_on_errors("batch", &batch)?;
     let commits_2 = server::Commits::scrape(tk.addr).await?;
+    let rss_before = [rss_before[0], rss_before[1], sys::rss_bytes()];
     sys::reset_peak_rss();
     let singles = singles.to_vec();
     let mixed_source: Source = Arc::new(move |_, n| {
@@ -357,10 +360,28 @@ async fn ingest_sqlite(
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let mut mixed_json = load_json(&mixed, Kind::Write);
     mixed_json["reads"] = load_json(&mixed, Kind::Read);
+    let mut single_json = with_rss(
+        load_json(&single, Kind::Write),
+        mib(single_rss),
+        commits_1.since(&commits_0),
+    );
+    let mut batch_json = with_rss(
+        load_json(&batch, Kind::Write),
+        mib(batch_rss),
+        commits_2.since(&commits_1),
+    );
+    let mut mixed_json = with_rss(mixed_json, mib(mixed_rss), commits_3.since(&commits_2));
+    // What the process held when the phase began, so peak minus this is the phase's own.
+    for (v, before) in [&mut single_json, &mut batch_json, &mut mixed_json]
+        .into_iter()
+        .zip(rss_before)
+    {
+        v["rss_before_mib"] = json!(mib(before));
+    }
     Ok(json!({
-        "single": with_rss(load_json(&single, Kind::Write), mib(single_rss), commits_1.since(&commits_0)),
-        "batch": with_rss(load_json(&batch, Kind::Write), mib(batch_rss), commits_2.since(&commits_1)),
-        "mixed": with_rss(mixed_json, mib(mixed_rss), commits_3.since(&commits_2)),
+        "single": single_json,
+        "batch": batch_json,
+        "mixed": mixed_json,
         "peak_rss_mib": mib(single_rss.max(batch_rss).max(mixed_rss)),
         "disk": {
             "events": stored,

@@ -168,10 +168,12 @@ pub fn table(s: &Value) -> String {
             fmt(&c["fts_us_per_event"]),
         ));
         out.push_str(&format!(
-            "{phase}: CPU per event: process {} us, writer thread {} us, fold thread {} us\n",
+            "{phase}: CPU per event: process {} us, writer thread {} us, fold thread {} us; RSS {} MiB before, {} MiB peak\n",
             fmt(&t[phase]["cpu_us_per_event"]),
             fmt(&t[phase]["writer_cpu_us_per_event"]),
             fmt(&t[phase]["fold_cpu_us_per_event"]),
+            fmt(&t[phase]["rss_before_mib"]),
+            fmt(&t[phase]["peak_rss_mib"]),
         ));
     }
     out.push_str(&format!(

@@ -74,6 +74,12 @@ pub fn peak_rss_bytes() -> u64 {
     proc_status_kib("VmHWM:") * 1024
 }
 
+/// Current resident set size (`VmRSS`) in bytes; 0 when unreadable.
+#[must_use]
+pub fn rss_bytes() -> u64 {
+    proc_status_kib("VmRSS:") * 1024
+}
+
 fn proc_status_kib(key: &str) -> u64 {
     read_kib_field("/proc/self/status", key)
 }
