@@ -115,6 +115,26 @@ impl TenantCheck {
         self.frontier.append(lh);
     }
 
+    /// Reports the stored leaf at `idx` as unreadable (`why`) and goes on
+    /// with its stored leaf hash, so the rest of the tenant is still checked.
+    pub fn undecodable(&mut self, idx: u64, why: &str) {
+        if self.gap {
+            return;
+        }
+        let expected = self.frontier.size();
+        if idx != expected {
+            self.event(idx, &[]);
+            return;
+        }
+        self.report(Some(expected), format!("leaf cannot be read: {why}"));
+        let lh = self
+            .nodes
+            .get(&NodeId::new(0, expected))
+            .copied()
+            .unwrap_or([0; 32]);
+        self.frontier.append(lh);
+    }
+
     /// Events checked so far.
     #[must_use]
     pub fn events(&self) -> u64 {
@@ -168,6 +188,7 @@ impl TenantCheck {
 /// # Errors
 /// Database failures.
 pub fn check(conn: &Connection) -> Result<(u64, Vec<Finding>), rusqlite::Error> {
+    let leaves = crate::store::sqlite::Leaves::default();
     let mut findings = Vec::new();
     let mut n_events = 0u64;
     let tenants: Vec<(i64, String, String, i64, Vec<u8>)> = conn
@@ -194,8 +215,12 @@ pub fn check(conn: &Connection) -> Result<(u64, Vec<Finding>), rusqlite::Error> 
             conn.prepare("SELECT idx, leaf FROM events WHERE tenant_id = ?1 ORDER BY idx")?;
         let mut rows = stmt.query(params![tenant_id])?;
         while let Some(row) = rows.next()? {
-            let leaf: Vec<u8> = row.get(1)?;
-            check.event(row.get::<_, i64>(0)? as u64, &leaf);
+            let index = row.get::<_, i64>(0)? as u64;
+            match leaves.decode(conn, row.get(1)?) {
+                Ok(leaf) => check.event(index, &leaf),
+                // An undecodable leaf is a finding, like one that does not hash right.
+                Err(e) => check.undecodable(index, &e.to_string()),
+            }
         }
         n_events += check.events();
         findings.extend(check.finish());

@@ -316,6 +316,7 @@ async fn copy_table(
     };
     let statement = tx.prepare(&insert).await?;
     let leaf_at = columns.iter().position(|c| c.0 == "leaf");
+    let leaves = crate::store::sqlite::Leaves::default();
     let select = if table == "tree_nodes" {
         // SQLite keeps each event's nodes in its row (`events.nodes`, 32 bytes
         // a level from level 0); PostgreSQL has a row per node.
@@ -336,14 +337,18 @@ async fn copy_table(
         while n < CHUNK {
             let Some(row) = rows.next()? else { break };
             for (i, col) in cols.iter_mut().enumerate() {
-                col.push(row, i)?;
-            }
-            if let (true, Some(at)) = (is_events, leaf_at) {
-                let leaf: Vec<u8> = row.get(at)?;
-                let text = Event::from_leaf(&leaf)
-                    .map(|e| e.search_text())
-                    .unwrap_or_default();
-                search.push(postgres::tokenizable(&text));
+                match (&mut *col, is_events && leaf_at == Some(i)) {
+                    // SQLite may keep the leaf compressed; PostgreSQL stores the bytes.
+                    (Column::Bytes(v), true) => {
+                        let leaf = leaves.decode(src, row.get(i)?)?;
+                        let text = Event::from_leaf(&leaf)
+                            .map(|e| e.search_text())
+                            .unwrap_or_default();
+                        search.push(postgres::tokenizable(&text));
+                        v.push(Some(leaf));
+                    }
+                    _ => col.push(row, i)?,
+                }
             }
             n += 1;
         }

@@ -19,6 +19,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     Migration::Sql(include_str!("sql/sqlite_004_tail.sql")),
     Migration::Sql(include_str!("sql/sqlite_005_journal.sql")),
     Migration::Rust(inline_tree_nodes),
+    Migration::Sql(include_str!("sql/sqlite_007_leaf_dicts.sql")),
 ];
 
 /// Schema v6: each event row holds the tree nodes its append completed

@@ -15,8 +15,11 @@
 
 mod fold;
 mod journal;
+mod leaves;
 mod tail;
 mod writer;
+
+pub(crate) use leaves::Leaves;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -67,6 +70,7 @@ pub struct SqliteStore {
     tx: Mutex<Option<SyncSender<Queued>>>,
     readers: Arc<ReadPool>,
     tail: Arc<Tail>,
+    leaves: Arc<Leaves>,
     writer: Mutex<Option<JoinHandle<()>>>,
     folder: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
@@ -189,6 +193,7 @@ impl SqliteStore {
             top_seq,
             top_tenant,
         );
+        let packing = fold::Packing::load(&conn)?;
         let folder = fold::Folder {
             conn,
             tail: tail.clone(),
@@ -202,6 +207,7 @@ impl SqliteStore {
             journal_dir,
             metrics,
             outbox: outbox.clone(),
+            packing,
         };
         let alive = writer_alive.clone();
         let writer = std::thread::Builder::new()
@@ -234,6 +240,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             tail,
+            leaves: Arc::default(),
             writer: Mutex::new(Some(writer)),
             folder: Mutex::new(Some(folder)),
             checkpointer: Mutex::new(Some(checkpointer)),
@@ -275,6 +282,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             tail,
+            leaves: Arc::default(),
             writer: Mutex::new(None),
             folder: Mutex::new(None),
             checkpointer: Mutex::new(None),
@@ -335,14 +343,21 @@ impl SqliteStore {
     /// `tail`): `f` must use the view only above the `folded_seq` it reads.
     fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection, &View) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Reader<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> StoreFuture<'_, T> {
         let pool = self.readers.clone();
         let tail = self.tail.clone();
+        let leaves = self.leaves.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let view = tail.view();
-                pool.with(|c| f(c, &view))
+                pool.with(|conn| {
+                    f(&Reader {
+                        conn,
+                        view: &view,
+                        leaves: &leaves,
+                    })
+                })
             })
             .await
             .map_err(|e| StoreError::Backend(Box::new(e)))?
@@ -353,6 +368,28 @@ impl SqliteStore {
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// What a read works with: its read transaction, the tail view taken
+/// before it, and the store's leaf dictionaries.
+struct Reader<'a> {
+    conn: &'a Connection,
+    view: &'a View,
+    leaves: &'a Leaves,
+}
+
+impl Reader<'_> {
+    /// A folded event with its leaf decoded.
+    fn event(&self, row: EventRow) -> Result<StoredEvent, StoreError> {
+        let leaf = self.leaves.decode(self.conn, row.stored_leaf)?;
+        Ok(StoredEvent {
+            seq: row.seq,
+            tenant_id: row.tenant_id,
+            index: row.index,
+            leaf_hash: row.leaf_hash.unwrap_or_else(|| tlog::leaf_hash(&leaf)),
+            leaf,
+        })
     }
 }
 
@@ -474,20 +511,25 @@ fn read_nodes(
         .collect()
 }
 
+/// A folded event row whose leaf is still as stored (see `leaves`).
+struct EventRow {
+    seq: i64,
+    tenant_id: i64,
+    index: u64,
+    leaf_hash: Option<Hash>,
+    stored_leaf: Vec<u8>,
+}
+
 /// Columns: seq, tenant_id, idx, leaf, and optionally the stored level-0
 /// node hash; without it the hash is computed from the leaf.
-fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let leaf: Vec<u8> = row.get(3)?;
+fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     let stored_hash: Option<Vec<u8>> = row.get(4).unwrap_or(None);
-    let leaf_hash = stored_hash
-        .and_then(|h| <Hash>::try_from(h.as_slice()).ok())
-        .unwrap_or_else(|| tlog::leaf_hash(&leaf));
-    Ok(StoredEvent {
+    Ok(EventRow {
         seq: row.get(0)?,
         tenant_id: row.get(1)?,
         index: row.get::<_, i64>(2)? as u64,
-        leaf_hash,
-        leaf,
+        leaf_hash: stored_hash.and_then(|h| <Hash>::try_from(h.as_slice()).ok()),
+        stored_leaf: row.get(3)?,
     })
 }
 
@@ -671,12 +713,8 @@ mod query_plan;
 /// snapshot has folded, merged, so a listing sees every acknowledged event
 /// without waiting for a fold. Full-text queries skip the tail: search
 /// trails acknowledgment by one fold (`commit.fold_interval_ms`).
-fn run_query(
-    conn: &Connection,
-    view: &View,
-    project: ProjectId,
-    q: &EventQuery,
-) -> Result<Page, StoreError> {
+fn run_query(r: &Reader<'_>, project: ProjectId, q: &EventQuery) -> Result<Page, StoreError> {
+    let (conn, view) = (r.conn, r.view);
     let folded = fold::folded_seq(conn)?;
     let split = match (&q.action_prefix, &q.action, q.order()) {
         (Some(prefix), None, ListOrder::Seq) => prefix_keys(conn, project, q, prefix)?,
@@ -703,7 +741,7 @@ fn run_query(
         .map(
             |key| match view.by_seq(key.seq()).filter(|e| e.seq > folded) {
                 Some(e) => Ok(e.stored()),
-                None => fetch.query_row(params![key.seq()], stored_event),
+                None => r.event(fetch.query_row(params![key.seq()], event_row)?),
             },
         )
         .collect::<Result<_, _>>()?;
@@ -733,24 +771,28 @@ impl EventStore for SqliteStore {
     }
 
     fn get(&self, project: ProjectId, id: Uuid) -> StoreFuture<'_, Option<StoredEvent>> {
-        self.read(move |c, view| {
-            let folded = c
+        self.read(move |r| {
+            let folded = r
+                .conn
                 .prepare_cached(
                     "SELECT seq, tenant_id, idx, leaf FROM events WHERE id = ?1 AND project_id = ?2",
                 )?
-                .query_row(params![id.as_bytes(), project], stored_event)
+                .query_row(params![id.as_bytes(), project], event_row)
                 .optional()?;
-            Ok(folded.or_else(|| view.by_id(project, id).map(|e| e.stored())))
+            match folded {
+                Some(row) => r.event(row).map(Some),
+                None => Ok(r.view.by_id(project, id).map(journal::TailEvent::stored)),
+            }
         })
     }
 
     fn query(&self, project: ProjectId, query: EventQuery) -> StoreFuture<'_, Page> {
-        self.read(move |c, view| run_query(c, view, project, &query))
+        self.read(move |r| run_query(r, project, &query))
     }
 
     fn authenticate(&self, key_hash: [u8; 32]) -> StoreFuture<'_, Option<Principal>> {
-        self.read(move |c, _| {
-            let row: Option<(i64, Vec<u8>, i64, String)> = c
+        self.read(move |r| {
+            let row: Option<(i64, Vec<u8>, i64, String)> = r.conn
                 .prepare_cached(
                     "SELECT k.id, k.key_hash, p.id, p.name FROM api_keys k JOIN projects p ON p.id = k.project_id
                      WHERE k.key_hash = ?1 AND k.revoked_at IS NULL",
@@ -764,8 +806,9 @@ impl EventStore for SqliteStore {
     }
 
     fn tree_head(&self, project: ProjectId, tenant: String) -> StoreFuture<'_, Option<TreeHead>> {
-        self.read(move |c, view| {
-            let row: Option<(i64, i64, Vec<u8>)> = c
+        self.read(move |r| {
+            let row: Option<(i64, i64, Vec<u8>)> = r
+                .conn
                 .prepare_cached(
                     "SELECT id, size, root FROM tenants WHERE project_id = ?1 AND name = ?2",
                 )?
@@ -777,7 +820,7 @@ impl EventStore for SqliteStore {
                 .map(|(tenant_id, size, root)| TreeHead::from_stored(tenant_id, size, &root))
                 .transpose()?;
             // The tail's head is newer whenever the tenant has events in it.
-            Ok(match (folded, view.head(project, &tenant)) {
+            Ok(match (folded, r.view.head(project, &tenant)) {
                 (Some(f), Some(t)) if f.size >= t.size => Some(f),
                 (f, t) => t.or(f),
             })
@@ -785,24 +828,30 @@ impl EventStore for SqliteStore {
     }
 
     fn read_nodes(&self, tenant_id: i64, ids: Vec<NodeId>) -> StoreFuture<'_, Vec<Hash>> {
-        self.read(move |c, view| read_nodes(c, view, tenant_id, &ids))
+        self.read(move |r| read_nodes(r.conn, r.view, tenant_id, &ids))
     }
 
     fn scan_tenant(&self, tenant_id: i64, from: u64, to: u64) -> StoreFuture<'_, Vec<StoredEvent>> {
-        self.read(move |c, view| {
-            let mut events: Vec<StoredEvent> = c
+        self.read(move |r| {
+            let rows: Vec<EventRow> = r
+                .conn
                 .prepare_cached(
                     "SELECT seq, tenant_id, idx, leaf, substr(nodes, 1, 32) FROM events
                      WHERE tenant_id = ?1 AND idx >= ?2 AND idx < ?3 ORDER BY idx",
                 )?
-                .query_map(params![tenant_id, from as i64, to as i64], stored_event)?
+                .query_map(params![tenant_id, from as i64, to as i64], event_row)?
+                .collect::<Result<_, _>>()?;
+            let mut events: Vec<StoredEvent> = rows
+                .into_iter()
+                .map(|row| r.event(row))
                 .collect::<Result<_, _>>()?;
             // The newest events may not be folded yet.
             if events.len() as u64 != to.saturating_sub(from) {
-                let folded = fold::folded_seq(c)?;
+                let folded = fold::folded_seq(r.conn)?;
                 let before = events.len();
                 events.extend(
-                    view.events_after(folded)
+                    r.view
+                        .events_after(folded)
                         .filter(|e| e.tenant_id == tenant_id && (from..to).contains(&e.index))
                         .map(journal::TailEvent::stored),
                 );
@@ -824,7 +873,7 @@ impl EventStore for SqliteStore {
     }
 
     fn list_webhooks(&self, project: ProjectId) -> StoreFuture<'_, Vec<Webhook>> {
-        self.read(move |c, _| admin::list_webhooks(c, project))
+        self.read(move |r| admin::list_webhooks(r.conn, project))
     }
 
     fn delete_webhook(&self, project: ProjectId, id: i64) -> StoreFuture<'_, bool> {
@@ -832,8 +881,8 @@ impl EventStore for SqliteStore {
     }
 
     fn due_deliveries(&self, now: Time, limit: usize) -> StoreFuture<'_, Vec<Delivery>> {
-        self.read(move |c, _| {
-            Ok(c.prepare_cached(
+        self.read(move |r| {
+            Ok(r.conn.prepare_cached(
                 "SELECT o.id, w.url, w.secret, o.msg_id, o.payload, o.attempts FROM webhook_outbox o
                  JOIN webhooks w ON w.id = o.webhook_id
                  WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND o.next_attempt_at <= ?1
@@ -885,7 +934,7 @@ impl EventStore for SqliteStore {
             if !alive {
                 return Err(StoreError::Unavailable);
             }
-            self.read(|c, _| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            self.read(|r| Ok(r.conn.query_row("SELECT 1", [], |_| Ok(()))?))
                 .await
         })
     }

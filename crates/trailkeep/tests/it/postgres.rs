@@ -39,10 +39,50 @@ async fn import_moves_an_embedded_store_with_its_proofs_intact() {
         let (st, _) = s.post("/v1/events", KEY, &json!({"tenant": tenant, "action": format!("a{i}"), "actor": {"id": "u"}, "tags": ["x"]})).await;
         assert_eq!(st, 201);
     }
+    // Enough events for SQLite to train its leaf dictionary, so the last
+    // batch is stored compressed and import must decode it.
+    for k in 0..6 {
+        let events: Vec<serde_json::Value> = (0..1000)
+            .map(|i| json!({"tenant": "bulk", "action": "user.login", "actor": {"id": format!("u{i}")}, "description": format!("batch{k} item {i}")}))
+            .collect();
+        let (st, r) = s
+            .post("/v1/events/batch", KEY, &json!({ "events": events }))
+            .await;
+        assert_eq!(st, 201, "{r}");
+        if k == 4 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let folded: i64 = rusqlite::Connection::open(s.db_path())
+                    .unwrap()
+                    .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                    .unwrap();
+                if folded >= 5030 {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the fold did not catch up"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
     let (_, old_note) = s.get_text("/v1/tenants/even/checkpoint", KEY).await;
     let old_verifier = s.verifier.clone();
     let dir = s.stop().await;
     let db = dir.path().join("trailkeep.db");
+    let packed: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM events WHERE substr(leaf, 1, 4) = x'28b52ffd'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        packed >= 1000,
+        "the last batch is stored compressed ({packed})"
+    );
     let (code, _, err) = run_cli(&[
         "import",
         "--from",
@@ -51,7 +91,7 @@ async fn import_moves_an_embedded_store_with_its_proofs_intact() {
         &url,
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("30 events"), "{err}");
+    assert!(err.contains("6030 events"), "{err}");
     let (code, _, err) = run_cli(&[
         "import",
         "--from",
@@ -71,7 +111,8 @@ async fn import_moves_an_embedded_store_with_its_proofs_intact() {
     );
 
     let pg = TestServer::start_with(|c| c.store = Some(url.clone())).await;
-    assert_eq!(pg.list_all("", KEY).await.len(), 30);
+    assert_eq!(pg.list_all("tenant=even", KEY).await.len(), 15);
+    assert_eq!(pg.list_all("tenant=odd", KEY).await.len(), 15);
     assert_eq!(pg.list_all("tag=x&tenant=odd", KEY).await.len(), 15);
     let old = Checkpoint::open(&old_note, &old_verifier).unwrap();
     let (_, r) = pg
@@ -87,6 +128,14 @@ async fn import_moves_an_embedded_store_with_its_proofs_intact() {
     assert_eq!(v.events, 16);
     let (_, c) = pg.get("/v1/tenants/even/consistency?from=15", KEY).await;
     tlog::verify_consistency(15, 16, &hashes(&c["hashes"]), &old.root, &v.checkpoint.root).unwrap();
+    let (_, bundle) = pg.get_text("/v1/tenants/bulk/export", KEY).await;
+    let v = trailkeep::export::verify_bundle(bundle.as_bytes(), &old_verifier, None).unwrap();
+    assert_eq!(
+        v.events, 6000,
+        "compressed leaves arrive as the bytes that were hashed"
+    );
+    let (_, found) = pg.get("/v1/events?q=batch5%20item%20999", KEY).await;
+    assert_eq!(found["data"].as_array().unwrap().len(), 1, "{found}");
 }
 
 struct Node {

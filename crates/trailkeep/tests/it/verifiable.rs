@@ -531,3 +531,79 @@ async fn a_full_tail_is_folded_before_more_is_appended() {
     let listed = s.list_all("tenant=t", KEY).await;
     assert_eq!(listed.len(), 10);
 }
+
+/// Once enough events are folded, SQLite trains a zstd dictionary and
+/// stores later leaves compressed; every read, the export, `verify` and
+/// `fsck` still see the exact leaf bytes that were hashed.
+#[tokio::test]
+async fn compressed_leaves_read_back_exactly() {
+    if std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres") {
+        println!("SQLite only: PostgreSQL stores leaves as they are");
+        return;
+    }
+    let s = TestServer::start().await;
+    let batch = |k: usize| {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| json!({"tenant": "t", "action": format!("user.a{}", i % 17), "actor": {"id": format!("u{}", (k * 1000 + i) % 97), "name": "Ann Lee"}, "description": format!("event {k} {i}"), "tags": ["web"], "metadata": {"n": i}}))
+            .collect();
+        json!({ "events": events })
+    };
+    let mut receipts = Vec::new();
+    for k in 0..7 {
+        let (st, r) = s.post("/v1/events/batch", KEY, &batch(k)).await;
+        assert_eq!(st, 201, "{r}");
+        receipts.extend(r["events"].as_array().unwrap().iter().cloned());
+        if k == 4 {
+            // Let the fold pass the training threshold before the last batches.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while count(s.dir.path(), "events") < 5000 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the fold did not catch up"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let dir = s.stop().await;
+    let conn = rusqlite::Connection::open(dir.path().join("trailkeep.db")).unwrap();
+    let packed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM events WHERE substr(leaf, 1, 4) = x'28b52ffd'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let bytes: (i64, i64) = conn
+        .query_row(
+            "SELECT sum(length(leaf)), count(*) FROM events WHERE substr(leaf, 1, 4) = x'28b52ffd'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    drop(conn);
+    assert!(
+        packed >= 1000,
+        "the last batches are stored compressed ({packed})"
+    );
+    assert!(
+        bytes.0 < bytes.1 * 300,
+        "compressed leaves are small: {bytes:?}"
+    );
+
+    let s = TestServer::start_in(dir, |_| {}).await;
+    for r in receipts.iter().step_by(97) {
+        let id = r["id"].as_str().unwrap();
+        let (st, leaf) = s.get_text(&format!("/v1/events/{id}"), KEY).await;
+        assert_eq!(st, 200);
+        assert_eq!(tlog::leaf_hash(leaf.as_bytes()), hash(&r["leaf_hash"]));
+    }
+    let (_, page) = s.get("/v1/events?actor=u5&limit=100", KEY).await;
+    assert!(page["data"].as_array().unwrap().len() > 50, "{page}");
+    let (_, bundle) = s.get_text("/v1/tenants/t/export", KEY).await;
+    let v = trailkeep::export::verify_bundle(bundle.as_bytes(), &s.verifier, None).unwrap();
+    assert_eq!(v.events, 7000);
+    let dir = s.stop().await;
+    let (code, out, err) = run_cli(&["fsck", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "fsck: {out} {err}");
+}

@@ -13,6 +13,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::super::StoreError;
 use super::journal::{self, Frame};
+use super::leaves::{Packer, TRAIN_AFTER};
 use super::tail::{FoldPolicy, FoldWork, Published, Tail};
 use crate::metrics::{Background, Metrics};
 use crate::model::Time;
@@ -29,9 +30,27 @@ pub(super) fn folded_seq(conn: &Connection) -> Result<i64, StoreError> {
     )
 }
 
+/// The fold's leaf compression: the packer of the store's dictionary, or
+/// when to try training one.
+pub(super) struct Packing {
+    packer: Option<Packer>,
+    next_train_at: i64,
+}
+
+impl Packing {
+    /// The state of the database behind `conn`.
+    pub(super) fn load(conn: &Connection) -> Result<Self, StoreError> {
+        Ok(Self {
+            packer: Packer::load(conn)?,
+            next_train_at: TRAIN_AFTER,
+        })
+    }
+}
+
 /// Writes `frames` (oldest first) into the database in one transaction and
-/// returns the highest `seq` they hold. Full-text time is added to
-/// `fts_time`.
+/// returns the highest `seq` they hold. Leaves are compressed once the
+/// store has a dictionary (see `leaves`); the first fold past
+/// `TRAIN_AFTER` events trains it. Full-text time is added to `fts_time`.
 ///
 /// The transaction runs at the connection's `synchronous = FULL`, so when
 /// this returns the frames are durable in the database and their journal
@@ -39,11 +58,23 @@ pub(super) fn folded_seq(conn: &Connection) -> Result<i64, StoreError> {
 pub(super) fn fold_frames<'f>(
     conn: &mut Connection,
     frames: impl Iterator<Item = &'f Frame> + Clone,
+    packing: &mut Packing,
     fts_time: &mut Duration,
 ) -> Result<i64, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut hi = 0;
+    // A dictionary trained here is used only once this transaction, which
+    // stores it, has committed.
+    let mut trained = None;
+    if packing.packer.is_none() && folded_seq(&tx)? >= packing.next_train_at {
+        trained = Packer::train(&tx, Time::now().as_micros())?;
+        if trained.is_none() {
+            packing.next_train_at = folded_seq(&tx)? + 4 * TRAIN_AFTER;
+        }
+    }
     {
+        let mut packer = trained.as_mut().or(packing.packer.as_mut());
+        let mut packed: Vec<u8> = Vec::new();
         let mut tenant = tx.prepare_cached(
             "INSERT INTO tenants (id, project_id, name, size, root, created_at) VALUES (?1, ?2, ?3, 0, ?4, ?5)",
         )?;
@@ -81,6 +112,13 @@ pub(super) fn fold_frames<'f>(
             for hash in &e.nodes {
                 nodes.extend_from_slice(hash);
             }
+            let leaf: &[u8] = match packer.as_mut() {
+                Some(p) => {
+                    p.pack(&e.leaf, &mut packed)?;
+                    &packed
+                }
+                None => &e.leaf,
+            };
             event.execute(params![
                 e.seq,
                 e.id.as_bytes(),
@@ -91,7 +129,7 @@ pub(super) fn fold_frames<'f>(
                 e.action,
                 e.actor_id,
                 e.result.map(crate::model::Outcome::as_str),
-                e.leaf,
+                leaf,
                 nodes,
             ])?;
             for t in &e.tags {
@@ -144,6 +182,9 @@ pub(super) fn fold_frames<'f>(
         params![hi],
     )?;
     tx.commit()?;
+    if trained.is_some() {
+        packing.packer = trained;
+    }
     Ok(hi)
 }
 
@@ -163,8 +204,9 @@ pub(super) fn recover(conn: &mut Connection, dir: &std::path::Path) -> Result<()
             "folding acknowledged events left in the journal"
         );
         let mut fts = Duration::ZERO;
+        let mut packing = Packing::load(conn)?;
         for chunk in frames.chunks(256) {
-            fold_frames(conn, chunk.iter(), &mut fts)?;
+            fold_frames(conn, chunk.iter(), &mut packing, &mut fts)?;
         }
     }
     journal::remove_all(dir).map_err(io)
@@ -178,6 +220,7 @@ pub(super) struct Folder {
     pub(super) journal_dir: PathBuf,
     pub(super) metrics: Arc<Metrics>,
     pub(super) outbox: Arc<tokio::sync::Notify>,
+    pub(super) packing: Packing,
 }
 
 impl Folder {
@@ -208,7 +251,12 @@ impl Folder {
         let notify = frames
             .iter()
             .any(|p| p.frame.events.iter().any(|e| e.notify));
-        match fold_frames(&mut self.conn, frames.iter().map(|p| &p.frame), &mut fts) {
+        match fold_frames(
+            &mut self.conn,
+            frames.iter().map(|p| &p.frame),
+            &mut self.packing,
+            &mut fts,
+        ) {
             Ok(hi) => {
                 self.tail.folded(Some(hi));
                 let n: usize = frames.iter().map(|p| p.frame.events.len()).sum();
@@ -239,6 +287,7 @@ impl Folder {
 /// Indexes for full text the folded events above `fts_watermark`, which a
 /// database written by an older build can hold.
 pub(super) fn index_fts_backlog(conn: &mut Connection) -> Result<(), StoreError> {
+    let leaves = super::Leaves::default();
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let watermark: i64 = tx.query_row(
@@ -254,7 +303,7 @@ pub(super) fn index_fts_backlog(conn: &mut Connection) -> Result<(), StoreError>
             let mut rows = select.query(params![watermark])?;
             while let Some(row) = rows.next()? {
                 let seq: i64 = row.get(0)?;
-                let leaf: Vec<u8> = row.get(1)?;
+                let leaf = leaves.decode(&tx, row.get(1)?)?;
                 let text = crate::model::Event::from_leaf(&leaf)
                     .map(|e| e.search_text())
                     .unwrap_or_default();
