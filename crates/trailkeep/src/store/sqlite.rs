@@ -221,6 +221,7 @@ impl SqliteStore {
         let folder = std::thread::Builder::new()
             .name("trailkeep-fold".into())
             .spawn(move || {
+                lower_priority();
                 folder.run();
                 alive.store(false, Ordering::SeqCst);
                 fold_tail.fold_gone();
@@ -230,7 +231,10 @@ impl SqliteStore {
         let ck_stop = stop.clone();
         let checkpointer = std::thread::Builder::new()
             .name("trailkeep-checkpoint".into())
-            .spawn(move || run_checkpointer(&ck_path, &ck_stop))
+            .spawn(move || {
+                lower_priority();
+                run_checkpointer(&ck_path, &ck_stop);
+            })
             .map_err(backend)?;
         Ok(Self {
             path: path.to_owned(),
@@ -400,6 +404,22 @@ fn read_only(path: &Path) -> Result<Connection, StoreError> {
     )?;
     c.busy_timeout(Duration::from_secs(10))?;
     Ok(c)
+}
+
+/// Lets the calling thread yield to request handling and the writer: the
+/// fold and the checkpointer only need their share on average (the tail
+/// and the WAL absorb bursts), while acknowledgments wait for the threads
+/// they compete with. Best effort: a refusal changes nothing else.
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on a thread id only
+    // changes that thread's nice value.
+    let res = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
+    };
+    if res != 0 {
+        tracing::debug!("could not lower a background thread's priority");
+    }
 }
 
 fn run_checkpointer(path: &Path, stop: &AtomicBool) {
