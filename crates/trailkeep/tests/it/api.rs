@@ -126,16 +126,20 @@ async fn idempotent_retry_returns_the_original_and_stores_once() {
     let (s4, _) = s.post_raw("/v1/events/batch", &headers, batch).await;
     assert_eq!(s4, 422);
 
-    // Concurrent retries with one new key (likely in one group commit):
-    // one event is stored and every retry gets its response.
-    let body = serde_json::to_vec(&event("race", "u")).unwrap();
-    let raced = [headers[0], ("idempotency-key", "k-race"), headers[2]];
-    let tries = (0..6).map(|_| s.post_raw("/v1/events", &raced, body.clone()));
-    let answers = futures_util::future::join_all(tries).await;
-    for (status, answer) in &answers {
-        assert_eq!((*status, answer), (201, &answers[0].1));
+    // Concurrent retries with one new key, in one group commit or in groups
+    // sequenced while the first is still being synced: one event is stored
+    // and every retry gets its response.
+    for round in 0..8 {
+        let body = serde_json::to_vec(&event(&format!("race{round}"), "u")).unwrap();
+        let key = format!("k-race-{round}");
+        let raced = [headers[0], ("idempotency-key", key.as_str()), headers[2]];
+        let tries = (0..24).map(|_| s.post_raw("/v1/events", &raced, body.clone()));
+        let answers = futures_util::future::join_all(tries).await;
+        for (status, answer) in &answers {
+            assert_eq!((*status, answer), (201, &answers[0].1));
+        }
+        assert_eq!(s.list_all("", KEY).await.len(), 2 + round);
     }
-    assert_eq!(s.list_all("", KEY).await.len(), 2);
 }
 
 async fn seed(s: &TestServer) {

@@ -111,9 +111,13 @@ impl TailEvent {
         tenant: Arc<str>,
         notify: bool,
         event: &Event,
-        leaf: Vec<u8>,
+        mut leaf: Vec<u8>,
         nodes: Vec<Hash>,
     ) -> Self {
+        // Tail events wait in memory for the fold: keep no slack capacity.
+        leaf.shrink_to_fit();
+        let mut search_text = event.search_text();
+        search_text.shrink_to_fit();
         Self {
             seq,
             project,
@@ -131,7 +135,7 @@ impl TailEvent {
             result: event.result,
             tags: event.tags.clone(),
             targets: event.targets.iter().map(|t| t.id.clone()).collect(),
-            search_text: event.search_text(),
+            search_text,
         }
     }
 
@@ -418,8 +422,23 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// The segment the writer appends to.
 pub(super) struct Journal {
     dir: PathBuf,
-    file: Option<File>,
+    file: Option<Arc<File>>,
     len: u64,
+}
+
+/// The file a frame went into; syncing it makes the frame durable.
+#[derive(Clone)]
+pub(super) struct Written(Arc<File>);
+
+impl Written {
+    /// `fdatasync`s the segment, making every frame written to it so far
+    /// durable.
+    ///
+    /// # Errors
+    /// Any IO error; after one, what the file holds is unknown.
+    pub(super) fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
 }
 
 impl Journal {
@@ -434,24 +453,34 @@ impl Journal {
         })
     }
 
-    /// Appends one encoded frame (see [`Frame::encode`]) whose first event
-    /// has `first_seq`, and makes it durable.
+    /// Writes one encoded frame (see [`Frame::encode`]) whose first event
+    /// has `first_seq`. It is durable only once [`Written::sync`] returns.
     ///
     /// # Errors
     /// Any IO error; after one, what the file holds is unknown and the
     /// writer must stop appending.
-    pub(super) fn append(&mut self, first_seq: i64, frame: &[u8]) -> io::Result<()> {
+    pub(super) fn write(&mut self, first_seq: i64, frame: &[u8]) -> io::Result<Written> {
         if self.file.is_none() || self.len >= SEGMENT_BYTES {
             self.start_segment(first_seq)?;
         }
-        let file = self.file.as_mut().expect("a segment is open");
-        file.write_all(frame)?;
-        file.sync_data()?;
+        let file = self.file.as_ref().expect("a segment is open");
+        (&**file).write_all(frame)?;
         self.len += frame.len() as u64;
-        Ok(())
+        Ok(Written(file.clone()))
+    }
+
+    /// Writes and syncs one frame.
+    #[cfg(test)]
+    pub(super) fn append(&mut self, first_seq: i64, frame: &[u8]) -> io::Result<()> {
+        self.write(first_seq, frame)?.sync()
     }
 
     fn start_segment(&mut self, first_seq: i64) -> io::Result<()> {
+        if let Some(old) = &self.file {
+            // Frames are acknowledged in write order, so the old segment must
+            // be durable before anything in the new one is.
+            old.sync_data()?;
+        }
         let path = self.dir.join(format!("{first_seq:020}.seg"));
         let mut file = OpenOptions::new()
             .create_new(true)
@@ -461,7 +490,7 @@ impl Journal {
         file.sync_data()?;
         // The new name must survive a crash before a frame in it is acknowledged.
         sync_dir(&self.dir)?;
-        self.file = Some(file);
+        self.file = Some(Arc::new(file));
         self.len = MAGIC.len() as u64;
         Ok(())
     }

@@ -1,10 +1,13 @@
 //! The writer: the one thread that assigns `seq`s and leaf indexes. It
-//! drains the append queue, sequences a group of jobs in memory, appends
-//! the group as one journal frame, `fdatasync`s it, publishes it to the
-//! tail and only then answers every job.
+//! drains the append queue, sequences a group of jobs in memory and writes
+//! the group as one journal frame. Its syncer thread `fdatasync`s written
+//! frames, publishes them to the tail and only then answers their jobs, in
+//! write order, while the writer already sequences the next group: a slow
+//! sync delays answers but not sequencing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -12,9 +15,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tlog::{Frontier, Hash, HashReader, NodeId, TlogError};
 
 use super::super::{AppendJob, AppendOutcome, ProjectId, Receipt, StoreError, StoredResponse};
-use super::journal::{Frame, Head, IdemRecord, Journal, NewTenant, TailEvent};
+use super::journal::{Frame, Head, IdemRecord, Journal, NewTenant, TailEvent, Written};
 use super::tail::{Tail, View};
-use super::{IDEMPOTENCY_TTL_MICROS, Queued, read_db_nodes};
+use super::{IDEMPOTENCY_TTL_MICROS, Queued, Reply, read_db_nodes};
+
+/// Groups written but not yet synced that the writer may run ahead by.
+const IN_FLIGHT: usize = 64;
 use crate::config::CommitConfig;
 use crate::metrics::Metrics;
 use crate::model::Time;
@@ -45,8 +51,25 @@ pub(super) struct Writer {
     next_seq: i64,
     /// The id of the next tenant created.
     next_tenant_id: i64,
-    /// Set once the journal can no longer promise durable appends.
-    broken: bool,
+    /// Set once the journal can no longer promise durable appends; shared
+    /// with the syncer, whose failed sync sets it too.
+    broken: Arc<AtomicBool>,
+    /// Idempotency records of groups written but maybe not published yet,
+    /// with the last `seq` of their group; published ones are in the tail.
+    in_flight: VecDeque<(i64, Vec<IdemRecord>)>,
+    /// The last `seq` the syncer has published.
+    published: Arc<AtomicI64>,
+}
+
+/// One written group on its way to the syncer.
+struct Pending {
+    frame: Option<Frame>,
+    written: Option<Written>,
+    /// Each job's reply, its result, and whether that result needs this
+    /// group's frame to be durable.
+    answers: Vec<(Reply, Result<AppendOutcome, StoreError>, bool)>,
+    n_events: usize,
+    started: Instant,
 }
 
 /// What one job adds to the frame, kept apart until the job succeeds.
@@ -78,13 +101,34 @@ impl Writer {
             metrics,
             next_seq: top_seq + 1,
             next_tenant_id: top_tenant_id + 1,
-            broken: false,
+            broken: Arc::default(),
+            in_flight: VecDeque::new(),
+            published: Arc::new(AtomicI64::new(top_seq)),
         }
     }
 
     /// Serves the queue until every sender is gone or the journal breaks.
     pub(super) fn run(mut self, rx: &Receiver<Queued>) {
-        while !self.broken {
+        let (to_syncer, from_writer) = std::sync::mpsc::sync_channel::<Pending>(IN_FLIGHT);
+        let syncer = Syncer {
+            tail: self.tail.clone(),
+            metrics: self.metrics.clone(),
+            broken: self.broken.clone(),
+            published: self.published.clone(),
+        };
+        let syncer = match std::thread::Builder::new()
+            .name("trailkeep-sync".into())
+            .spawn(move || syncer.run(&from_writer))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the journal syncer; refusing appends");
+                self.broken.store(true, Ordering::SeqCst);
+                refuse_all(rx);
+                return;
+            }
+        };
+        while !self.broken.load(Ordering::SeqCst) {
             let Ok(first) = rx.recv() else { break };
             let mut n_events = first.job.events.len();
             let mut batch = vec![first];
@@ -107,27 +151,44 @@ impl Writer {
             }
             if !self.tail.wait_for_room(self.commit.max_unfolded_events) {
                 tracing::error!("the fold has stopped; refusing appends");
-                self.broken = true;
+                self.broken.store(true, Ordering::SeqCst);
                 for q in batch {
                     let _ = q.reply.send(Err(StoreError::Unavailable));
                 }
                 break;
             }
-            self.commit_batch(batch, n_events);
+            match self.sequence_batch(batch, n_events) {
+                Some(pending) => {
+                    if to_syncer.send(pending).is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            }
         }
-        // Whatever is still queued gets a definite answer.
-        while let Ok(q) = rx.try_recv() {
-            let _ = q.reply.send(Err(StoreError::Unavailable));
-        }
+        drop(to_syncer);
+        let _ = syncer.join();
+        refuse_all(rx);
     }
 
-    fn commit_batch(&mut self, batch: Vec<Queued>, n_events: usize) {
+    /// Sequences a group and writes its frame; `None` when the write failed
+    /// (every job of the group has been answered then, and the writer stops).
+    fn sequence_batch(&mut self, batch: Vec<Queued>, n_events: usize) -> Option<Pending> {
         let started = Instant::now();
+        // Read what is published before taking the view, so an in-flight
+        // record dropped below is in the view (or already folded).
+        let published = self.published.load(Ordering::SeqCst);
         let view = self.tail.view();
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|(hi, _)| *hi <= published)
+        {
+            self.in_flight.pop_front();
+        }
         let now = Time::now().as_micros();
         let mut frame = Frame::default();
         let mut staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
-        // (reply, result, whether the result depends on this frame).
         let mut answers = Vec::with_capacity(batch.len());
         for Queued { job, reply } in batch {
             let first_seq = self.next_seq;
@@ -135,7 +196,10 @@ impl Writer {
             let mut writes = JobWrites::default();
             match self.apply_job(&view, &staged, &frame, job, now, &mut writes) {
                 Ok(outcome) => {
-                    let wrote = !writes.events.is_empty();
+                    // A replay may return a record that is still in flight:
+                    // like a new append, it is answered only once durable.
+                    let wrote =
+                        !writes.events.is_empty() || matches!(outcome, AppendOutcome::Replayed(_));
                     frame.tenants.append(&mut writes.tenants);
                     frame.events.append(&mut writes.events);
                     frame.idempotency.extend(writes.idempotency);
@@ -149,39 +213,55 @@ impl Writer {
                 }
             }
         }
-        if !frame.events.is_empty() {
-            frame.heads = staged
-                .iter()
-                .map(|((project, _), s)| Head {
-                    tenant_id: s.id,
-                    project: *project,
-                    name: s.name.clone(),
-                    size: s.frontier.size(),
-                    root: s.frontier.root(),
-                })
-                .collect();
-            let first_seq = frame.events[0].seq;
-            let bytes = frame.encode();
-            if let Err(e) = self.journal.append(first_seq, &bytes) {
-                tracing::error!(error = %e, "appending to the journal failed; no event of this group was acknowledged and the writer stops");
-                self.broken = true;
+        if frame.events.is_empty() {
+            return Some(Pending {
+                frame: None,
+                written: None,
+                answers,
+                n_events: 0,
+                started,
+            });
+        }
+        frame.heads = staged
+            .iter()
+            .map(|((project, _), s)| Head {
+                tenant_id: s.id,
+                project: *project,
+                name: s.name.clone(),
+                size: s.frontier.size(),
+                root: s.frontier.root(),
+            })
+            .collect();
+        let first_seq = frame.events[0].seq;
+        let written = match self.journal.write(first_seq, &frame.encode()) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "writing to the journal failed; no event of this group was acknowledged and the writer stops");
+                self.broken.store(true, Ordering::SeqCst);
                 for (reply, res, wrote) in answers {
-                    let res = if wrote {
+                    let _ = reply.send(if wrote {
                         Err(StoreError::Unavailable)
                     } else {
                         res
-                    };
-                    let _ = reply.send(res);
+                    });
                 }
-                return;
+                return None;
             }
-            self.tail.publish(frame);
-            self.tenants.extend(staged);
-            self.metrics.observe_commit(n_events, started.elapsed());
+        };
+        // Later groups build on this one. Should its sync fail, the writer
+        // stops and none of them is acknowledged either.
+        self.tenants.extend(staged);
+        if !frame.idempotency.is_empty() {
+            self.in_flight
+                .push_back((frame.last_seq(), frame.idempotency.clone()));
         }
-        for (reply, res, _) in answers {
-            let _ = reply.send(res);
-        }
+        Some(Pending {
+            frame: Some(frame),
+            written: Some(written),
+            answers,
+            n_events,
+            started,
+        })
     }
 
     /// Sequences one job into `writes`; nothing of it reaches the frame
@@ -278,11 +358,18 @@ impl Writer {
         project: ProjectId,
         key: &str,
     ) -> Result<Option<IdemRecord>, StoreError> {
+        let matches = |i: &&IdemRecord| i.project == project && i.key == key;
         let pending = frame
             .idempotency
             .iter()
             .rev()
-            .find(|i| i.project == project && i.key == key)
+            .find(matches)
+            .or_else(|| {
+                self.in_flight
+                    .iter()
+                    .rev()
+                    .find_map(|(_, records)| records.iter().rev().find(matches))
+            })
             .or_else(|| view.idempotency(project, key));
         if let Some(i) = pending {
             return Ok(Some(i.clone()));
@@ -351,6 +438,71 @@ impl Writer {
                     frontier: Frontier::empty(),
                 })
             }
+        }
+    }
+}
+
+/// Answers whatever is still queued: the writer is gone.
+fn refuse_all(rx: &Receiver<Queued>) {
+    while let Ok(q) = rx.try_recv() {
+        let _ = q.reply.send(Err(StoreError::Unavailable));
+    }
+}
+
+/// The syncer thread: makes written groups durable, publishes them and
+/// answers their jobs, in the order they were written.
+struct Syncer {
+    tail: Arc<Tail>,
+    metrics: Arc<Metrics>,
+    broken: Arc<AtomicBool>,
+    published: Arc<AtomicI64>,
+}
+
+impl Syncer {
+    fn run(self, rx: &Receiver<Pending>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            group.extend(rx.try_iter());
+            // One sync covers every frame written before it; a new segment
+            // syncs the old one before its first frame (`Journal::write`).
+            let last = group.iter().rev().find_map(|p| p.written.clone());
+            let synced = match (&last, self.broken.load(Ordering::SeqCst)) {
+                (_, true) => false,
+                (Some(w), false) => match w.sync() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "syncing the journal failed; no event of these groups was acknowledged and the writer stops");
+                        self.broken.store(true, Ordering::SeqCst);
+                        false
+                    }
+                },
+                (None, false) => true,
+            };
+            for p in group {
+                self.finish(p, synced);
+            }
+        }
+    }
+
+    fn finish(&self, p: Pending, synced: bool) {
+        if !synced {
+            for (reply, res, wrote) in p.answers {
+                let _ = reply.send(if wrote {
+                    Err(StoreError::Unavailable)
+                } else {
+                    res
+                });
+            }
+            return;
+        }
+        if let Some(frame) = p.frame {
+            let hi = frame.last_seq();
+            self.tail.publish(frame);
+            self.published.store(hi, Ordering::SeqCst);
+            self.metrics.observe_commit(p.n_events, p.started.elapsed());
+        }
+        for (reply, res, _) in p.answers {
+            let _ = reply.send(res);
         }
     }
 }
