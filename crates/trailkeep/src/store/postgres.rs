@@ -113,6 +113,7 @@ pub fn pool(url: &str) -> Result<Pool, StoreError> {
     );
     Pool::builder(manager)
         .max_size(POOL_SIZE)
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT))
         .create_timeout(Some(POOL_WAIT))
