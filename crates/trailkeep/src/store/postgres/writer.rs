@@ -9,18 +9,20 @@
 //!   checks, missing tenant rows, `seq` values, the full-text vectors
 //!   (`to_tsvector('simple', …)`, computed by PostgreSQL in a `SELECT` and
 //!   passed back in binary form, so the stored vector is the one PostgreSQL
-//!   makes), and every row, built on the heads the batch expects to find:
-//!   those the committing batch will leave, else this node's cache, else
-//!   the committed rows. It takes no head lock and writes no event, so it
-//!   runs while the previous batch commits.
+//!   makes), the `event_tags` and `event_targets` rows (copied at once: they
+//!   need only the `seq`), and the event and tree-node rows, built on the
+//!   heads the batch expects to find: those the committing batch will leave,
+//!   else this node's cache, else the committed rows. It takes no head lock
+//!   and writes no event or tree node, so it runs while the previous batch
+//!   commits.
 //! - **Commit**, once the previous batch's `COMMIT` has returned: lock the
 //!   heads (`SELECT … FOR UPDATE` in id order) and compare them with the
 //!   expected ones. The prepared rows are kept only if every locked size is
 //!   the expected size and the expected frontier was read from committed
 //!   rows or equals the cache, which holds only frontiers of committed
-//!   batches. Otherwise every row is built again from the locked heads. Then
-//!   one binary `COPY` per table, the idempotency and outbox rows, the new
-//!   heads, `COMMIT`, replies.
+//!   batches. Otherwise those rows are built again from the locked heads.
+//!   Then a binary `COPY` into `events` and one into `tree_nodes`, the
+//!   idempotency and outbox rows, the new heads, `COMMIT`, replies.
 //!
 //! Indexes therefore still come from heads this transaction holds locked,
 //! and only one batch of a node is in its commit phase at a time. A failed
@@ -592,8 +594,35 @@ async fn prepare_jobs(
             .collect::<Result<_, _>>()?;
     }
 
-    // 3. Build the rows from the expected heads; tenants with none yet are
-    // read from committed rows, without a lock.
+    // 3. Tags and targets need only the seq, so they are copied now, ahead
+    // of the head locks; they commit or roll back with the batch.
+    let mut tags = CopyRows::new(SEQ_INDEX_TYPES);
+    let mut targets = CopyRows::new(SEQ_INDEX_TYPES);
+    for p in jobs.iter().filter(|p| p.outcome.is_none()) {
+        let project = p.job.project;
+        for (e, seq) in p.job.events.iter().zip(&p.seqs) {
+            for t in e.tags.iter().collect::<HashSet<_>>() {
+                tags.row(&[&project, t, seq])?;
+            }
+            for t in e.targets.iter().map(|t| &t.id).collect::<HashSet<_>>() {
+                targets.row(&[&project, t, seq])?;
+            }
+        }
+    }
+    tags.send(
+        client,
+        "COPY event_tags (project_id, tag, seq) FROM STDIN BINARY",
+    )
+    .await?;
+    targets
+        .send(
+            client,
+            "COPY event_targets (project_id, target_id, seq) FROM STDIN BINARY",
+        )
+        .await?;
+
+    // 4. Build the other rows from the expected heads; tenants with none
+    // yet are read from committed rows, without a lock.
     let mut fresh: Vec<i64> = jobs
         .iter()
         .filter(|p| p.outcome.is_none())
@@ -927,13 +956,11 @@ const EVENT_TYPES: &[Type] = &[
 const NODE_TYPES: &[Type] = &[Type::INT8, Type::INT2, Type::INT8, Type::BYTEA];
 const SEQ_INDEX_TYPES: &[Type] = &[Type::INT8, Type::TEXT, Type::INT8];
 
-/// The rows of a batch for `events`, `tree_nodes`, `event_tags` and
-/// `event_targets`.
+/// The rows of a batch for `events` and `tree_nodes`, which depend on the
+/// indexes (`event_tags` and `event_targets` are copied while preparing).
 struct EventRows {
     events: CopyRows,
     nodes: CopyRows,
-    tags: CopyRows,
-    targets: CopyRows,
 }
 
 impl EventRows {
@@ -941,8 +968,6 @@ impl EventRows {
         Self {
             events: CopyRows::new(EVENT_TYPES),
             nodes: CopyRows::new(NODE_TYPES),
-            tags: CopyRows::new(SEQ_INDEX_TYPES),
-            targets: CopyRows::new(SEQ_INDEX_TYPES),
         }
     }
 
@@ -967,14 +992,7 @@ impl EventRows {
             &e.result.map(crate::model::Outcome::as_str),
             &leaf,
             search,
-        ])?;
-        for t in e.tags.iter().collect::<HashSet<_>>() {
-            self.tags.row(&[&project, t, &seq])?;
-        }
-        for t in e.targets.iter().map(|t| &t.id).collect::<HashSet<_>>() {
-            self.targets.row(&[&project, t, &seq])?;
-        }
-        Ok(())
+        ])
     }
 
     fn node(&mut self, tenant: i64, id: NodeId, hash: &Hash) -> Result<(), StoreError> {
@@ -986,7 +1004,7 @@ impl EventRows {
         ])
     }
 
-    /// Copies the rows into the four tables, one binary `COPY` each.
+    /// Copies the rows into the two tables, one binary `COPY` each.
     async fn write(self, client: &Object) -> Result<(), StoreError> {
         self.events
             .send(client, "COPY events (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf, search) FROM STDIN BINARY")
@@ -995,18 +1013,6 @@ impl EventRows {
             .send(
                 client,
                 "COPY tree_nodes (tenant_id, level, idx, hash) FROM STDIN BINARY",
-            )
-            .await?;
-        self.tags
-            .send(
-                client,
-                "COPY event_tags (project_id, tag, seq) FROM STDIN BINARY",
-            )
-            .await?;
-        self.targets
-            .send(
-                client,
-                "COPY event_targets (project_id, target_id, seq) FROM STDIN BINARY",
             )
             .await
     }
