@@ -572,7 +572,7 @@ async fn prepare_jobs(
     }
     if seq_rows.len() as i64 != n_new || vector_rows.len() != texts.len() {
         return Err(StoreError::Corrupted(
-            "PostgreSQL returned fewer seqs or vectors than asked".into(),
+            "PostgreSQL returned another number of seqs or vectors than asked for".into(),
         ));
     }
     let mut seqs = seq_rows.iter().map(|r| r.get::<_, i64>(0));
