@@ -248,6 +248,7 @@ async fn measure(
         "settings": settings,
         "single": single_json,
         "batch": batch_json,
+        "peak_rss_mib": mib(single_rss.max(batch_rss)),
         "copy_ceiling": ceiling,
         "identity": identity,
         "disk": disk,

@@ -30,7 +30,10 @@ pub fn summary(
     let disk = num(&trailkeep, &["disk", "bytes_per_event"]);
     let raw = num(&trailkeep, &["disk", "raw_json_bytes_per_event"]);
     let reads_disk = num(&reads, &["disk_bytes_per_event"]);
-    let rss = num(&trailkeep, &["peak_rss_mib"]).max(num(&reads, &["peak_rss_mib"]));
+    // Every load phase that ran: SQLite ingest, PostgreSQL ingest, reads.
+    let rss = num(&trailkeep, &["peak_rss_mib"])
+        .max(num(&postgres, &["peak_rss_mib"]))
+        .max(num(&reads, &["peak_rss_mib"]));
     let ratios = json!({
         "single_vs_http": ratio(single_eps, num(&http, &["events_per_s"])),
         "batch_vs_append": ratio(batch_eps, num(&append, &["events_per_s"])),
@@ -243,4 +246,36 @@ pub fn table(s: &Value) -> String {
     }
     out.push_str(&format!("bars met: {}\n", s["bars"]));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::summary;
+    use crate::{Mode, Plan};
+
+    fn rss_bar(trailkeep: f64, postgres: Option<f64>, reads: f64) -> Option<bool> {
+        let postgres = postgres.map_or_else(
+            || json!({"available": false, "skipped": "test"}),
+            |mib| json!({"available": true, "peak_rss_mib": mib}),
+        );
+        let s = summary(
+            &Plan::new(Mode::Smoke),
+            json!({}),
+            json!({}),
+            json!({"peak_rss_mib": trailkeep}),
+            postgres,
+            json!({"peak_rss_mib": reads}),
+        );
+        s["bars"]["peak_rss_le_200_mib"].as_bool()
+    }
+
+    #[test]
+    fn the_rss_bar_counts_the_postgresql_phases() {
+        assert_eq!(rss_bar(150.0, Some(190.0), 120.0), Some(true));
+        assert_eq!(rss_bar(150.0, Some(225.0), 120.0), Some(false));
+        assert_eq!(rss_bar(150.0, None, 120.0), Some(true));
+        assert_eq!(rss_bar(150.0, None, 250.0), Some(false));
+    }
 }

@@ -44,6 +44,7 @@ const KEYS: &[&str] = &[
     "/ratios/single_p99_vs_http_p99",
     "/ratios/disk_vs_raw_json",
     "/bars/single_ge_0_6_http",
+    "/bars/peak_rss_le_200_mib",
 ];
 
 /// Figures present when PostgreSQL was reachable.
@@ -61,6 +62,7 @@ const PG_KEYS: &[&str] = &[
     "/postgres/copy_ceiling/wal_bytes_per_event",
     "/postgres/disk/trailkeep_bytes_per_event",
     "/postgres/disk/copy_bytes_per_event",
+    "/postgres/peak_rss_mib",
     "/ratios/pg_batch_vs_copy",
     "/bars/pg_batch_ge_0_5_copy",
 ];

@@ -361,6 +361,10 @@ async fn create_batch(
     if !violations.is_empty() {
         return Err(ApiError::validation(violations));
     }
+    // The parsed body takes several times the memory of its events; free it
+    // before waiting for the commit, which holds the events anyway.
+    drop(value);
+    drop(bytes);
     let res = append(&state, p.project, events, idem, |r: &[Receipt]| {
         StoredResponse {
             status: 201,

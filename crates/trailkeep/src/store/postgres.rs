@@ -10,10 +10,10 @@
 //! `COMMIT` returns (with `synchronous_commit` as configured on the server,
 //! `on` by default).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tlog::{Frontier, Hash, NodeId};
@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::{
     AppendJob, AppendOutcome, Delivery, DeliveryResult, EventQuery, EventStore, Page, Principal,
-    ProjectId, Receipt, StoreError, StoreFuture, StoredEvent, StoredResponse, TreeHead, Webhook,
+    ProjectId, StoreError, StoreFuture, StoredEvent, TreeHead, Webhook,
 };
 use crate::config::CommitConfig;
 use crate::keys;
@@ -32,6 +32,8 @@ use crate::metrics::Metrics;
 use crate::model::Time;
 
 use super::{Cursor, ListOrder};
+
+mod writer;
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -111,6 +113,7 @@ pub fn pool(url: &str) -> Result<Pool, StoreError> {
     );
     Pool::builder(manager)
         .max_size(POOL_SIZE)
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT))
         .create_timeout(Some(POOL_WAIT))
@@ -176,11 +179,13 @@ impl PgStore {
         let (tx, rx) = mpsc::channel(commit.queue_capacity);
         let outbox = Arc::new(tokio::sync::Notify::new());
         let writer_alive = Arc::new(AtomicBool::new(true));
-        let writer = Writer {
+        let writer = writer::Writer {
             pool: pool.clone(),
             commit: commit.clone(),
             metrics,
             frontiers: HashMap::new(),
+            tenant_ids: HashMap::new(),
+            in_flight: HashMap::new(),
             outbox: outbox.clone(),
         };
         let alive = writer_alive.clone();
@@ -217,278 +222,6 @@ impl PgStore {
     }
 }
 
-struct Writer {
-    pool: Pool,
-    commit: CommitConfig,
-    metrics: Arc<Metrics>,
-    /// Frontiers this node last wrote, by tenant id. Trusted only when the
-    /// locked head has the same size.
-    frontiers: HashMap<i64, Frontier>,
-    outbox: Arc<tokio::sync::Notify>,
-}
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
-        while let Some(first) = rx.recv().await {
-            let mut n_events = first.job.events.len();
-            let mut batch = vec![first];
-            let deadline =
-                tokio::time::Instant::now() + Duration::from_micros(self.commit.window_us);
-            while n_events < self.commit.max_batch_events {
-                let next = match rx.try_recv() {
-                    Ok(q) => Some(q),
-                    Err(_) => tokio::time::timeout_at(deadline, rx.recv())
-                        .await
-                        .ok()
-                        .flatten(),
-                };
-                let Some(q) = next else { break };
-                n_events += q.job.events.len();
-                batch.push(q);
-            }
-            let started = Instant::now();
-            let notify = batch.iter().any(|q| q.job.notify);
-            let (jobs, replies): (Vec<AppendJob>, Vec<Reply>) =
-                batch.into_iter().map(|q| (q.job, q.reply)).unzip();
-            match self.commit_batch(jobs).await {
-                Ok(outcomes) => {
-                    self.metrics.observe_commit(n_events, started.elapsed());
-                    if notify {
-                        self.outbox.notify_one();
-                    }
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        let _ = reply.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "group commit failed; no event in it was acknowledged");
-                    self.frontiers.clear();
-                    for reply in replies {
-                        let _ = reply.send(Err(StoreError::Unavailable));
-                    }
-                }
-            }
-        }
-    }
-
-    async fn commit_batch(
-        &mut self,
-        jobs: Vec<AppendJob>,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        let now = Time::now().as_micros();
-
-        // 1. Idempotency: replay or refuse before anything is written.
-        let mut outcomes: Vec<Option<AppendOutcome>> = Vec::with_capacity(jobs.len());
-        // A key first used inside this batch: later jobs with the same key
-        // replay the first one's response (or conflict), as they would in
-        // separate transactions.
-        let mut new_keys: HashMap<(i64, String), (usize, [u8; 32])> = HashMap::new();
-        let mut dup_of: Vec<Option<usize>> = vec![None; jobs.len()];
-        for (job_idx, job) in jobs.iter().enumerate() {
-            let mut outcome = None;
-            if let Some((idem, _)) = &job.idempotency {
-                if let Some(&(first, hash)) = new_keys.get(&(job.project, idem.key.clone())) {
-                    if hash == idem.request_hash {
-                        dup_of[job_idx] = Some(first);
-                    }
-                    outcomes.push(Some(AppendOutcome::IdempotencyConflict));
-                    continue;
-                }
-                // Serializes one key across nodes until this batch commits, so a
-                // second node waits and then sees the first node's record.
-                let lock_key = format!("{}:{}", job.project, idem.key);
-                exec(
-                    &tx,
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    &[&lock_key],
-                )
-                .await?;
-                let row = query(&tx, "SELECT request_hash, status, response, created_at FROM idempotency WHERE project_id = $1 AND key = $2", &[&job.project, &idem.key]).await?.into_iter().next();
-                if let Some(row) = row {
-                    let created_at: i64 = row.get(3);
-                    if now - created_at < IDEMPOTENCY_TTL_MICROS {
-                        let hash: Vec<u8> = row.get(0);
-                        outcome = Some(if hash == idem.request_hash {
-                            let status: i32 = row.get(1);
-                            AppendOutcome::Replayed(StoredResponse {
-                                status: u16::try_from(status).unwrap_or(500),
-                                body: row.get(2),
-                            })
-                        } else {
-                            AppendOutcome::IdempotencyConflict
-                        });
-                    } else {
-                        exec(
-                            &tx,
-                            "DELETE FROM idempotency WHERE project_id = $1 AND key = $2",
-                            &[&job.project, &idem.key],
-                        )
-                        .await?;
-                    }
-                }
-                if outcome.is_none() {
-                    new_keys.insert(
-                        (job.project, idem.key.clone()),
-                        (job_idx, idem.request_hash),
-                    );
-                }
-            }
-            outcomes.push(outcome);
-        }
-
-        // 2. Lock the head of every tenant touched, creating missing ones.
-        let mut keys: Vec<(i64, String)> = jobs
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| o.is_none())
-            .flat_map(|(j, _)| j.events.iter().map(move |e| (j.project, e.tenant.clone())))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        keys.sort();
-        let projects: Vec<i64> = keys.iter().map(|k| k.0).collect();
-        let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-        let empty_root: &[u8] = &tlog::empty_root();
-        exec(
-            &tx,
-            "INSERT INTO tenants (project_id, name, size, root, created_at)
-             SELECT p, n, 0, $3, $4 FROM unnest($1::bigint[], $2::text[]) AS t(p, n)
-             ON CONFLICT (project_id, name) DO NOTHING",
-            &[&projects, &names, &empty_root, &now],
-        )
-        .await?;
-        let rows = query(&tx, "SELECT t.id, t.project_id, t.name, t.size FROM tenants t
-                 JOIN unnest($1::bigint[], $2::text[]) AS k(p, n) ON t.project_id = k.p AND t.name = k.n
-                 ORDER BY t.id FOR UPDATE OF t", &[&projects, &names]).await?;
-        let mut heads: HashMap<(i64, String), (i64, Frontier)> = HashMap::new();
-        for row in rows {
-            let (id, project, name, size): (i64, i64, String, i64) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            let size = u64::try_from(size)
-                .map_err(|_| StoreError::Corrupted("negative tree size".into()))?;
-            let frontier = match self.frontiers.get(&id) {
-                Some(f) if f.size() == size => f.clone(),
-                _ => load_frontier(&tx, id, size).await?,
-            };
-            heads.insert((project, name), (id, frontier));
-        }
-
-        // 3. Assign indexes and build every row of the batch.
-        let n_new: i64 = jobs
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| o.is_none())
-            .map(|(j, _)| j.events.len() as i64)
-            .sum();
-        let seqs: Vec<i64> = if n_new > 0 {
-            query(&tx, "SELECT nextval(pg_get_serial_sequence('events', 'seq')) FROM generate_series(1, $1::bigint)", &[&n_new]).await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut rows = EventRows::default();
-        let mut seq_iter = seqs.into_iter();
-        let mut idem_rows: Vec<IdempotencyRow> = Vec::new();
-        let mut outbox_rows: Vec<(i64, String, Vec<u8>)> = Vec::new();
-        for (job, outcome) in jobs.into_iter().zip(outcomes.iter_mut()) {
-            if outcome.is_some() {
-                continue;
-            }
-            let AppendJob {
-                project,
-                events,
-                idempotency,
-                notify,
-            } = job;
-            let mut receipts = Vec::with_capacity(events.len());
-            for mut event in events {
-                let (tenant_id, frontier) = heads
-                    .get_mut(&(project, event.tenant.clone()))
-                    .ok_or_else(|| {
-                        StoreError::Corrupted("tenant head vanished inside its lock".into())
-                    })?;
-                event.index = frontier.size();
-                let leaf = event.leaf();
-                let leaf_hash = tlog::leaf_hash(&leaf);
-                let seq = seq_iter
-                    .next()
-                    .ok_or_else(|| StoreError::Corrupted("sequence exhausted".into()))?;
-                for (id, hash) in frontier.append(leaf_hash) {
-                    rows.node(*tenant_id, id, hash);
-                }
-                if notify {
-                    let payload = crate::webhooks::notification_payload(event.received_at, &leaf);
-                    outbox_rows.push((project, event.id.to_string(), payload));
-                }
-                rows.event(seq, project, *tenant_id, &event, leaf);
-                receipts.push(Receipt {
-                    id: event.id,
-                    tenant: event.tenant,
-                    index: event.index,
-                    received_at: event.received_at,
-                    leaf_hash,
-                });
-            }
-            *outcome = Some(match idempotency {
-                Some((idem, render)) => {
-                    let response = render(&receipts);
-                    idem_rows.push((
-                        project,
-                        idem.key,
-                        idem.request_hash.to_vec(),
-                        i32::from(response.status),
-                        response.body.clone(),
-                    ));
-                    AppendOutcome::Replayed(response)
-                }
-                None => AppendOutcome::Committed(receipts),
-            });
-        }
-
-        // 4. Write everything, then the new heads, then commit.
-        rows.write(&tx).await?;
-        for (project, key, hash, status, body) in &idem_rows {
-            exec(&tx, "INSERT INTO idempotency (project_id, key, request_hash, status, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)", &[project, key, hash, status, body, &now]).await?;
-        }
-        for (project, msg_id, payload) in &outbox_rows {
-            exec(&tx, "INSERT INTO webhook_outbox (webhook_id, msg_id, payload, attempts, next_attempt_at, created_at)
-                 SELECT id, $1, $2, 0, $3, $3 FROM webhooks WHERE project_id = $4 AND deleted_at IS NULL", &[msg_id, payload, &now, project]).await?;
-        }
-        let (mut ids, mut sizes, mut roots) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, frontier) in heads.values() {
-            ids.push(*id);
-            sizes.push(frontier.size() as i64);
-            roots.push(frontier.root().to_vec());
-        }
-        exec(
-            &tx,
-            "UPDATE tenants t SET size = u.size, root = u.root
-             FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(id, size, root) WHERE t.id = u.id",
-            &[&ids, &sizes, &roots],
-        )
-        .await?;
-        tx.commit().await.map_err(pg_error)?;
-        for (id, frontier) in heads.into_values() {
-            self.frontiers.insert(id, frontier);
-        }
-        for (job_idx, first) in dup_of.iter().enumerate() {
-            if let Some(first) = *first
-                && let Some(AppendOutcome::Replayed(response)) = &outcomes[first]
-            {
-                outcomes[job_idx] = Some(AppendOutcome::Replayed(response.clone()));
-            }
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.expect("every job has an outcome"))
-            .collect())
-    }
-}
-
 /// Runs a statement prepared once per connection (deadpool caches it), so
 /// each call is one round trip instead of a parse and an execute.
 async fn exec(
@@ -500,42 +233,6 @@ async fn exec(
     tx.execute(&stmt, params).await.map_err(pg_error)
 }
 
-/// As [`exec`], for queries.
-async fn query(
-    tx: &deadpool_postgres::Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-    let stmt = tx.prepare_cached(sql).await.map_err(pg_error)?;
-    tx.query(&stmt, params).await.map_err(pg_error)
-}
-
-/// Columns of a batch, inserted with one `unnest` statement per table.
-#[derive(Default)]
-struct EventRows {
-    seq: Vec<i64>,
-    id: Vec<Uuid>,
-    project: Vec<i64>,
-    tenant: Vec<i64>,
-    idx: Vec<i64>,
-    occurred_at: Vec<i64>,
-    action: Vec<String>,
-    actor: Vec<String>,
-    result: Vec<Option<&'static str>>,
-    leaf: Vec<Vec<u8>>,
-    search: Vec<String>,
-    tag_project: Vec<i64>,
-    tag: Vec<String>,
-    tag_seq: Vec<i64>,
-    target_project: Vec<i64>,
-    target: Vec<String>,
-    target_seq: Vec<i64>,
-    node_tenant: Vec<i64>,
-    node_level: Vec<i16>,
-    node_idx: Vec<i64>,
-    node_hash: Vec<Vec<u8>>,
-}
-
 /// Full-text input for PostgreSQL's `simple` configuration: every run of
 /// letters and digits becomes a token, as in SQLite's index and in
 /// `api::native::search_terms`, so both stores answer `q` alike.
@@ -543,80 +240,6 @@ pub(crate) fn tokenizable(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_alphanumeric() { c } else { ' ' })
         .collect()
-}
-
-impl EventRows {
-    fn event(
-        &mut self,
-        seq: i64,
-        project: i64,
-        tenant: i64,
-        e: &crate::model::Event,
-        leaf: Vec<u8>,
-    ) {
-        self.seq.push(seq);
-        self.id.push(e.id);
-        self.project.push(project);
-        self.tenant.push(tenant);
-        self.idx.push(e.index as i64);
-        self.occurred_at.push(e.occurred_at.as_micros());
-        self.action.push(e.action.clone());
-        self.actor.push(e.actor.id.clone());
-        self.result
-            .push(e.result.map(crate::model::Outcome::as_str));
-        self.search.push(tokenizable(&e.search_text()));
-        self.leaf.push(leaf);
-        for t in e.tags.iter().collect::<HashSet<_>>() {
-            self.tag_project.push(project);
-            self.tag.push(t.clone());
-            self.tag_seq.push(seq);
-        }
-        for t in e.targets.iter().map(|t| &t.id).collect::<HashSet<_>>() {
-            self.target_project.push(project);
-            self.target.push(t.clone());
-            self.target_seq.push(seq);
-        }
-    }
-
-    fn node(&mut self, tenant: i64, id: NodeId, hash: Hash) {
-        self.node_tenant.push(tenant);
-        self.node_level.push(i16::from(id.level));
-        self.node_idx.push(id.index as i64);
-        self.node_hash.push(hash.to_vec());
-    }
-
-    async fn write(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
-        if self.seq.is_empty() {
-            return Ok(());
-        }
-        exec(tx, "INSERT INTO events (seq, id, project_id, tenant_id, idx, occurred_at, action, actor_id, result, leaf, search)
-             SELECT s, i, p, t, x, o, a, ac, r, l, to_tsvector('simple', q)
-             FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                         $7::text[], $8::text[], $9::text[], $10::bytea[], $11::text[])
-                  AS u(s, i, p, t, x, o, a, ac, r, l, q)", &[
-                &self.seq, &self.id, &self.project, &self.tenant, &self.idx, &self.occurred_at, &self.action, &self.actor,
-                &self.result, &self.leaf, &self.search,
-            ]).await?;
-        exec(
-            tx,
-            "INSERT INTO tree_nodes (tenant_id, level, idx, hash)
-             SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $4::bytea[])",
-            &[
-                &self.node_tenant,
-                &self.node_level,
-                &self.node_idx,
-                &self.node_hash,
-            ],
-        )
-        .await?;
-        if !self.tag.is_empty() {
-            exec(tx, "INSERT INTO event_tags (project_id, tag, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])", &[&self.tag_project, &self.tag, &self.tag_seq]).await?;
-        }
-        if !self.target.is_empty() {
-            exec(tx, "INSERT INTO event_targets (project_id, target_id, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])", &[&self.target_project, &self.target, &self.target_seq]).await?;
-        }
-        Ok(())
-    }
 }
 
 async fn read_nodes(

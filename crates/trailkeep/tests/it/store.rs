@@ -643,3 +643,165 @@ async fn a_postgres_schema_newer_than_this_build_is_refused() {
         .expect_err("a newer schema is refused");
     assert!(err.to_string().contains("refusing to downgrade"), "{err}");
 }
+
+/// A PostgreSQL store that commits one job per batch, on a schema whose
+/// `events` table takes 300 ms over each row of a `slow.*` action and fails
+/// `slow.fail`, so the batch queued behind a slow one is prepared (and its
+/// rows built from the heads the slow one would leave) while it commits.
+async fn slow_postgres() -> Option<(trailkeep::store::postgres::PgStore, i64)> {
+    let url = fresh_schema().await?;
+    let config = CommitConfig {
+        max_batch_events: 1,
+        ..CommitConfig::default()
+    };
+    let store =
+        trailkeep::store::postgres::PgStore::open(&url, &config, Arc::new(Metrics::default()))
+            .await
+            .unwrap();
+    let c = store.pool().get().await.unwrap();
+    c.batch_execute(
+        "CREATE FUNCTION slow_events() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.action LIKE 'slow.%' THEN PERFORM pg_sleep(0.3); END IF;
+             IF NEW.action = 'slow.fail' THEN RAISE EXCEPTION 'injected failure'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER slow_events BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow_events();",
+    )
+    .await
+    .unwrap();
+    let project = trailkeep::store::postgres::admin::ensure_project(&c, "p")
+        .await
+        .unwrap();
+    Some((store, project))
+}
+
+/// Appends `first`, then `second` while `first` is still committing.
+async fn one_behind_another(
+    store: &Arc<trailkeep::store::postgres::PgStore>,
+    first: AppendJob,
+    second: AppendJob,
+) -> (
+    Result<AppendOutcome, trailkeep::store::StoreError>,
+    Result<AppendOutcome, trailkeep::store::StoreError>,
+) {
+    let s = store.clone();
+    let a = tokio::spawn(async move { s.append(first).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = store.append(second).await;
+    (a.await.unwrap(), b)
+}
+
+async fn assert_fsck_clean(store: &trailkeep::store::postgres::PgStore, events: u64) {
+    let (n, findings) = trailkeep::store::postgres::fsck(store.pool())
+        .await
+        .unwrap();
+    assert!(findings.is_empty(), "{findings:?}");
+    assert_eq!(n, events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_does_not_shift_the_batch_prepared_behind_it() {
+    let Some((store, p)) = slow_postgres().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    let r = committed(store.as_ref(), job(p, vec![event("t", "a0", "u")])).await;
+    assert_eq!(r[0].index, 0);
+    let (failed, next) = one_behind_another(
+        &store,
+        job(p, vec![event("t", "slow.fail", "u")]),
+        job(p, vec![event("t", "after", "u")]),
+    )
+    .await;
+    assert!(
+        matches!(failed, Err(trailkeep::store::StoreError::Unavailable)),
+        "{failed:?}"
+    );
+    // Built at index 2 on the failed batch's heads, then rebuilt at 1.
+    match next.unwrap() {
+        AppendOutcome::Committed(r) => assert_eq!(r[0].index, 1),
+        other => panic!("expected a commit, got {other:?}"),
+    }
+    let r = committed(store.as_ref(), job(p, vec![event("t", "a2", "u")])).await;
+    assert_eq!(r[0].index, 2);
+    let head = store.tree_head(p, "t".into()).await.unwrap().unwrap();
+    assert_eq!(head.size, 3);
+    // A tenant created by a failed batch is created again by the next one.
+    let (failed, next) = one_behind_another(
+        &store,
+        job(p, vec![event("new", "slow.fail", "u")]),
+        job(p, vec![event("new", "after", "u")]),
+    )
+    .await;
+    assert!(failed.is_err(), "{failed:?}");
+    match next.unwrap() {
+        AppendOutcome::Committed(r) => assert_eq!(r[0].index, 0),
+        other => panic!("expected a commit, got {other:?}"),
+    }
+    let r = committed(store.as_ref(), job(p, vec![event("new", "again", "u")])).await;
+    assert_eq!(r[0].index, 1);
+    assert_fsck_clean(&store, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_prepared_behind_a_slow_one_continues_its_log() {
+    let Some((store, p)) = slow_postgres().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    committed(store.as_ref(), job(p, vec![event("t", "a0", "u")])).await;
+    let (slow, next) = one_behind_another(
+        &store,
+        job(
+            p,
+            vec![event("t", "slow.ok", "u"), event("fresh", "slow.ok", "u")],
+        ),
+        job(
+            p,
+            vec![event("t", "after", "u"), event("fresh", "after", "u")],
+        ),
+    )
+    .await;
+    let index_of = |o: AppendOutcome| match o {
+        AppendOutcome::Committed(r) => r.iter().map(|r| r.index).collect::<Vec<_>>(),
+        other => panic!("expected a commit, got {other:?}"),
+    };
+    assert_eq!(index_of(slow.unwrap()), [1, 0]);
+    assert_eq!(index_of(next.unwrap()), [2, 1]);
+    assert_fsck_clean(&store, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_in_overlapping_batches_is_stored_once() {
+    let Some((store, p)) = slow_postgres().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    let keyed = |action: &str| {
+        let mut j = job(p, vec![event("t", action, "u")]);
+        j.idempotency = Some((
+            Idempotency {
+                key: "k".into(),
+                request_hash: [7; 32],
+            },
+            Box::new(|r: &[trailkeep::store::Receipt]| StoredResponse {
+                status: 201,
+                body: format!("index {}", r[0].index).into_bytes(),
+            }),
+        ));
+        j
+    };
+    let (first, second) = one_behind_another(&store, keyed("slow.ok"), keyed("retry")).await;
+    let expected = StoredResponse {
+        status: 201,
+        body: b"index 0".to_vec(),
+    };
+    for (outcome, which) in [(first, "first"), (second, "retry")] {
+        match outcome.unwrap() {
+            AppendOutcome::Replayed(r) => assert_eq!(r, expected, "{which}"),
+            other => panic!("{which}: expected the stored response, got {other:?}"),
+        }
+    }
+    assert_fsck_clean(&store, 1).await;
+}
