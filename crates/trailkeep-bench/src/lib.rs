@@ -8,11 +8,13 @@
 //! - [`http`]: the load generator, raw HTTP/1.1 keep-alive over tokio TCP.
 //! - [`server`]: trailkeep in process on a fresh data directory.
 //! - [`reads`]: reads at scale and `verify` throughput.
+//! - [`fresh`]: full-text freshness while a load phase runs.
 //! - [`pg`]: trailkeep on PostgreSQL beside a COPY BINARY ceiling.
 //! - [`report`]: the summary JSON, its ratios and the printed table.
 
 pub mod ceilings;
 pub mod events;
+pub mod fresh;
 pub mod http;
 pub mod pg;
 pub mod reads;
@@ -309,23 +311,31 @@ async fn ingest_sqlite(
     let commits_0 = server::Commits::scrape(tk.addr).await?;
     let rss_before = [sys::rss_bytes(), 0, 0];
     sys::reset_peak_rss();
+    let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = tokio::spawn(fresh::probe(tk.addr, probe_stop.clone()));
     let single = http::run_load(
         tk.addr,
         &plan.spec(CONNECTIONS),
         rotate(singles.to_vec(), Kind::Write, 1),
     )
     .await?;
+    probe_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let single_fresh = probe.await??;
     let single_rss = sys::peak_rss_bytes();
     fail_on_errors("single", &single)?;
     let commits_1 = server::Commits::scrape(tk.addr).await?;
     let rss_before = [rss_before[0], sys::rss_bytes(), 0];
     sys::reset_peak_rss();
+    let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = tokio::spawn(fresh::probe(tk.addr, probe_stop.clone()));
     let batch = http::run_load(
         tk.addr,
         &plan.spec(BATCH_CONNECTIONS),
         rotate(batches, Kind::Write, events::BATCH as u64),
     )
     .await?;
+    probe_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let batch_fresh = probe.await??;
     let batch_rss = sys::peak_rss_bytes();
     fail_on_errors("batch", &batch)?;
     let commits_2 = server::Commits::scrape(tk.addr).await?;
@@ -378,6 +388,8 @@ async fn ingest_sqlite(
     {
         v["rss_before_mib"] = json!(mib(before));
     }
+    single_json["search_freshness"] = fresh::json(&single_fresh.0, single_fresh.1);
+    batch_json["search_freshness"] = fresh::json(&batch_fresh.0, batch_fresh.1);
     Ok(json!({
         "single": single_json,
         "batch": batch_json,

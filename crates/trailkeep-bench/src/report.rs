@@ -13,6 +13,20 @@ fn num(v: &Value, path: &[&str]) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Whether full-text search found every probe within 1 s of its
+/// acknowledgment during the single and batch phases; `None` when not measured.
+fn search_fresh(trailkeep: &Value) -> Option<bool> {
+    let phases = ["single", "batch"].map(|p| &trailkeep[p]["search_freshness"]);
+    if phases.iter().any(|f| !f.is_object()) {
+        return None;
+    }
+    Some(
+        phases
+            .iter()
+            .all(|f| f["missed"] == 0 && f["max_s"].as_f64().is_some_and(|m| m <= 1.0)),
+    )
+}
+
 /// Assembles the summary from each phase's figures.
 #[must_use]
 pub fn summary(
@@ -53,6 +67,7 @@ pub fn summary(
         "peak_rss_le_200_mib": rss.is_finite().then_some(rss <= 200.0),
         "disk_le_1_5x_raw_json": at_most("reads_disk_vs_raw_json", 1.5),
         "pg_batch_ge_0_5_copy": at_least("pg_batch_vs_copy", 0.5),
+        "search_fresh_within_1_s": search_fresh(&trailkeep),
     });
     json!({
         "mode": match plan.mode { Mode::Smoke => "smoke", Mode::Quick => "quick", Mode::Full => "full" },
@@ -178,6 +193,16 @@ pub fn table(s: &Value) -> String {
             fmt(&t[phase]["rss_before_mib"]),
             fmt(&t[phase]["peak_rss_mib"]),
         ));
+        let f = &t[phase]["search_freshness"];
+        if f.is_object() {
+            out.push_str(&format!(
+                "{phase}: search finds a new event after p50 {} s, max {} s ({} probes, {} missed)\n",
+                fmt(&f["p50_s"]),
+                fmt(&f["max_s"]),
+                f["probes"],
+                f["missed"],
+            ));
+        }
     }
     out.push_str(&format!(
         "durable-append ceiling: {} bytes to storage per event\n",

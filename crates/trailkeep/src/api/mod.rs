@@ -365,6 +365,19 @@ pub fn json_body(
     config: &Config,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Bytes, Value), BodyError> {
+    let bytes = json_bytes(config, body)?;
+    let value = serde_json::from_slice(&bytes).map_err(|e| BodyError::Malformed(e.to_string()))?;
+    Ok((bytes, value))
+}
+
+/// The checks of [`json_body`] but the parse: size and nesting depth.
+///
+/// # Errors
+/// As [`json_body`], except for malformed JSON, which this does not look for.
+pub fn json_bytes(
+    config: &Config,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, BodyError> {
     let bytes = match body {
         Ok(b) => b,
         Err(BytesRejection::FailedToBufferBody(e))
@@ -377,8 +390,7 @@ pub fn json_body(
     if !json_depth_ok(&bytes, config.limits.max_json_depth) {
         return Err(BodyError::TooDeep(config.limits.max_json_depth));
     }
-    let value = serde_json::from_slice(&bytes).map_err(|e| BodyError::Malformed(e.to_string()))?;
-    Ok((bytes, value))
+    Ok(bytes)
 }
 
 impl From<BodyError> for ApiError {

@@ -69,6 +69,61 @@ async fn batch_is_all_or_nothing_with_per_item_errors() {
         "a refused batch stores nothing"
     );
 
+    // Bodies in other shapes get the same answers whichever way they are parsed.
+    let auth = (
+        "authorization",
+        "Bearer tk_test_key_for_integration_tests_0000000000",
+    );
+    let json_ct = ("content-type", "application/json");
+    let shapes: &[(&str, u16, &str)] = &[
+        (r#"{"events": 5}"#, 422, "validation_failed"),
+        (r#"{"events": null}"#, 422, "validation_failed"),
+        (
+            r#"[{"action": "a", "actor": {"id": "u"}}]"#,
+            422,
+            "validation_failed",
+        ),
+        (r#"{"events": []}"#, 422, "validation_failed"),
+        (
+            r#"{"events": [{"action": "a", "actor": {"id": "u"}}"#,
+            400,
+            "invalid_json",
+        ),
+        // A repeated key: the last one counts, as everywhere else.
+        (
+            r#"{"events": [{"actor": {"id": "u"}}], "events": [{"tenant": "dup", "action": "dup", "actor": {"id": "u"}}]}"#,
+            201,
+            "",
+        ),
+    ];
+    for (body, status, code) in shapes {
+        let (st, res) = s
+            .post_raw(
+                "/v1/events/batch",
+                &[auth, json_ct],
+                body.as_bytes().to_vec(),
+            )
+            .await;
+        assert_eq!(st, *status, "{body}: {res}");
+        if !code.is_empty() {
+            assert_eq!(res["code"], *code, "{body}: {res}");
+        }
+    }
+    assert_eq!(s.list_all("action=dup", KEY).await.len(), 1);
+    // Malformed JSON is reported before a bad idempotency key.
+    let (st, res) = s
+        .post_raw(
+            "/v1/events/batch",
+            &[auth, json_ct, ("idempotency-key", "")],
+            b"{\"events\": [".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (st, res["code"].as_str()),
+        (400, Some("invalid_json")),
+        "{res}"
+    );
+
     let too_many =
         json!({"events": [event("a", "a"), event("a", "a"), event("a", "a"), event("a", "a")]});
     let (status, err) = s.post("/v1/events/batch", KEY, &too_many).await;
