@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Largest `limits.max_body_bytes` accepted: 256 MiB.
+const MAX_BODY_BYTES: usize = 256 << 20;
 /// Upper bound of `limits.max_short_field` (see `Config::validate`).
 const MAX_SHORT_FIELD: usize = 512;
 
@@ -281,6 +283,9 @@ pub struct CommitConfig {
     /// which bounds memory (about 1.5 KB an event) when ingest outruns the
     /// fold.
     pub max_unfolded_events: usize,
+    /// SQLite: leaf bytes past which a group commit takes no further job
+    /// (its journal frame is full); the jobs left go into the next group.
+    pub max_frame_bytes: usize,
 }
 
 impl Default for CommitConfig {
@@ -293,6 +298,7 @@ impl Default for CommitConfig {
             fold_interval_ms: 250,
             fold_idle_ms: 2,
             max_unfolded_events: 16 * 1024,
+            max_frame_bytes: 64 << 20,
         }
     }
 }
@@ -489,10 +495,25 @@ impl Config {
                 self.commit.max_unfolded_events,
                 1,
             ),
+            ("commit.max_frame_bytes", self.commit.max_frame_bytes, 1),
         ] {
             if v < min {
                 return Err(bad(key, &format!("must be at least {min}")));
             }
+        }
+        // One request is one job, and a job goes into one journal frame
+        // whole; frames are read back only up to 1 GiB.
+        if l.max_body_bytes > MAX_BODY_BYTES {
+            return Err(bad(
+                "limits.max_body_bytes",
+                &format!("must be at most {MAX_BODY_BYTES}"),
+            ));
+        }
+        if self.commit.max_frame_bytes > MAX_BODY_BYTES {
+            return Err(bad(
+                "commit.max_frame_bytes",
+                &format!("must be at most {MAX_BODY_BYTES}"),
+            ));
         }
         // Identifier-like fields are indexed (B-tree keys); 512 characters
         // of UTF-8 stay under PostgreSQL's ~2.7 KB index-row limit.
@@ -557,6 +578,7 @@ const KNOWN_KEYS: &[&[&str]] = &[
     &["commit", "fold_interval_ms"],
     &["commit", "fold_idle_ms"],
     &["commit", "max_unfolded_events"],
+    &["commit", "max_frame_bytes"],
     &["rate_limit", "requests_per_second"],
     &["rate_limit", "burst"],
     &["rate_limit", "requests_per_minute"],
@@ -695,6 +717,15 @@ mod tests {
             msg.contains("limits.max_body_bytes")
                 && msg.contains("TRAILKEEP_LIMITS__MAX_BODY_BYTES"),
             "{msg}"
+        );
+        let err = Config::load(
+            &Overrides::default(),
+            &env(&[("TRAILKEEP_LIMITS__MAX_BODY_BYTES", "268435457")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("must be at most 268435456"),
+            "{err}"
         );
         let err =
             Config::load(&Overrides::default(), &env(&[("TRAILKEEP_LISTEN", "nope")])).unwrap_err();

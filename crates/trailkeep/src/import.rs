@@ -30,9 +30,18 @@ pub async fn sqlite_to_postgres(from: &str, to: &str) -> anyhow::Result<String> 
         "--to must be postgres://USER@HOST/DB"
     );
     anyhow::ensure!(path.exists(), "{} does not exist", path.display());
-    // Fold what a stopped server left in the tail, so the tables copied
-    // below hold every acknowledged event.
-    drop(crate::store::sqlite::open_admin(&path)?);
+    // A running server holds acknowledged events in its journal that the
+    // tables do not have yet; held for the whole copy, the lock keeps one
+    // from starting meanwhile.
+    let _lock = crate::store::sqlite::try_lock(&path)?.with_context(|| {
+        format!(
+            "{} is in use by a running trailkeep server; stop it before importing",
+            path.display()
+        )
+    })?;
+    // Fold what a stopped or crashed server left in the journal, so the
+    // tables copied below hold every acknowledged event.
+    drop(crate::store::sqlite::fold_journal(&path)?);
     let src = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("opening {}", path.display()))?;
     let pool = postgres::pool(to)?;

@@ -76,6 +76,8 @@ pub struct SqliteStore {
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
     writer_alive: Arc<AtomicBool>,
+    /// Set by the writer or the syncer once appends cannot be made durable.
+    writer_broken: Arc<AtomicBool>,
     fold_alive: Arc<AtomicBool>,
     /// A read-write connection for small writes outside the event path
     /// (webhooks, delivery results); opened on first use.
@@ -141,11 +143,21 @@ fn open_migrated(path: &Path) -> Result<Connection, StoreError> {
 /// When the file cannot be opened, the schema is newer than this build, or
 /// the journal cannot be folded.
 pub fn open_admin(path: &Path) -> Result<Connection, StoreError> {
-    let mut conn = open_migrated(path)?;
     let lock = try_lock(path).map_err(|e| StoreError::Backend(Box::new(e)))?;
-    if lock.is_some() {
-        fold::recover(&mut conn, &journal::dir_for(path))?;
+    match lock {
+        Some(_lock) => fold_journal(path),
+        None => open_migrated(path),
     }
+}
+
+/// Opens and migrates a database and folds what its journal holds, for a
+/// caller that holds the database's lock ([`try_lock`]).
+///
+/// # Errors
+/// As [`open_admin`].
+pub fn fold_journal(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = open_migrated(path)?;
+    fold::recover(&mut conn, &journal::dir_for(path))?;
     Ok(conn)
 }
 
@@ -209,6 +221,7 @@ impl SqliteStore {
             outbox: outbox.clone(),
             packing,
         };
+        let writer_broken = writer.broken_flag();
         let alive = writer_alive.clone();
         let writer = std::thread::Builder::new()
             .name("trailkeep-writer".into())
@@ -221,10 +234,17 @@ impl SqliteStore {
         let folder = std::thread::Builder::new()
             .name("trailkeep-fold".into())
             .spawn(move || {
+                // Even a panicking fold must let the writer stop waiting for it.
+                struct Gone(Arc<AtomicBool>, Arc<Tail>);
+                impl Drop for Gone {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::SeqCst);
+                        self.1.fold_gone();
+                    }
+                }
+                let _gone = Gone(alive, fold_tail);
                 lower_priority();
                 folder.run();
-                alive.store(false, Ordering::SeqCst);
-                fold_tail.fold_gone();
             })
             .map_err(backend)?;
         let ck_path = path.to_owned();
@@ -250,6 +270,7 @@ impl SqliteStore {
             checkpointer: Mutex::new(Some(checkpointer)),
             stop,
             writer_alive,
+            writer_broken,
             fold_alive,
             side: Arc::default(),
             outbox,
@@ -258,13 +279,14 @@ impl SqliteStore {
 
     /// Opens an existing store for reading only: no writer, no fold, no
     /// checkpointer, so it is safe beside a running server (the CLI's
-    /// `export` uses it). Events the journal held past the folded ones when
-    /// it opened are read from the journal. Appends fail with
+    /// `export` uses it). It reads the database alone, which a running
+    /// server's fold keeps within about one fold of acknowledgment: the
+    /// journal may hold frames that are written but not yet synced, and a
+    /// checkpoint must never cover those. Appends fail with
     /// [`StoreError::Unavailable`].
     ///
     /// # Errors
-    /// When the database is missing, its schema is newer than this build,
-    /// or the journal cannot be read.
+    /// When the database is missing or its schema is newer than this build.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         let conn = read_only(path)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -275,9 +297,6 @@ impl SqliteStore {
             )));
         }
         let tail = Arc::new(Tail::new());
-        for frame in journal::read_frames(&journal::dir_for(path), fold::folded_seq(&conn)?)? {
-            tail.publish(frame);
-        }
         Ok(Self {
             path: path.to_owned(),
             tx: Mutex::new(None),
@@ -292,6 +311,7 @@ impl SqliteStore {
             checkpointer: Mutex::new(None),
             stop: Arc::new(AtomicBool::new(true)),
             writer_alive: Arc::new(AtomicBool::new(false)),
+            writer_broken: Arc::new(AtomicBool::new(true)),
             fold_alive: Arc::new(AtomicBool::new(false)),
             side: Arc::default(),
             outbox: Arc::default(),
@@ -707,7 +727,11 @@ fn page_keys_sql(project: ProjectId, q: &EventQuery) -> (String, Vec<rusqlite::t
         );
     }
     if let Some(b) = q.before_index {
-        arg(&mut sql, " AND idx < @", (b as i64).into());
+        arg(
+            &mut sql,
+            " AND idx < @",
+            i64::try_from(b).unwrap_or(i64::MAX).into(),
+        );
     }
     match q.before {
         None => {}
@@ -948,8 +972,10 @@ impl EventStore for SqliteStore {
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
-        let alive =
-            self.writer_alive.load(Ordering::SeqCst) && self.fold_alive.load(Ordering::SeqCst);
+        let alive = self.writer_alive.load(Ordering::SeqCst)
+            && !self.writer_broken.load(Ordering::SeqCst)
+            && self.fold_alive.load(Ordering::SeqCst)
+            && !self.tail.fold_failing();
         Box::pin(async move {
             if !alive {
                 return Err(StoreError::Unavailable);

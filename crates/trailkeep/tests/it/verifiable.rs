@@ -607,3 +607,44 @@ async fn compressed_leaves_read_back_exactly() {
     let (code, out, err) = run_cli(&["fsck", "--data-dir", dir.path().to_str().unwrap()]);
     assert_eq!(code, 0, "fsck: {out} {err}");
 }
+
+/// `commit.max_frame_bytes` closes a group's journal frame once it holds
+/// that many leaf bytes; the jobs left wait for the next group, in order,
+/// and every one is stored at the index it was acknowledged with.
+#[tokio::test]
+async fn a_full_frame_leaves_the_next_jobs_to_the_next_group() {
+    if std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres") {
+        println!("SQLite only: PostgreSQL has no journal");
+        return;
+    }
+    let s = TestServer::start_with(|c| c.commit.max_frame_bytes = 1).await;
+    let bodies: Vec<Value> = (0..40)
+        .map(|i| json!({"tenant": "t", "action": format!("a{i}"), "actor": {"id": "u"}}))
+        .collect();
+    let posts = bodies.iter().map(|b| s.post("/v1/events", KEY, b));
+    let receipts: Vec<(u16, Value)> = futures_util::future::join_all(posts).await;
+    let mut indexes: Vec<u64> = receipts
+        .iter()
+        .map(|(st, r)| {
+            assert_eq!(*st, 201, "{r}");
+            r["index"].as_u64().unwrap()
+        })
+        .collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..40).collect::<Vec<u64>>());
+    let metrics = s.get_text("/metrics", KEY).await.1;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {metrics}"))
+    };
+    // Each group held one job of one event.
+    assert_eq!(
+        value("trailkeep_commit_batch_events_sum"),
+        value("trailkeep_commit_batch_events_count")
+    );
+    let (_, bundle) = s.get_text("/v1/tenants/t/export", KEY).await;
+    let v = trailkeep::export::verify_bundle(bundle.as_bytes(), &s.verifier, None).unwrap();
+    assert_eq!(v.events, 40);
+}

@@ -63,11 +63,15 @@ pub(super) fn fold_frames<'f>(
 ) -> Result<i64, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut hi = 0;
-    // A dictionary trained here is used only once this transaction, which
-    // stores it, has committed.
+    // A dictionary trained here packs this fold's rows, which commit
+    // together with it; later folds use it only once that commit succeeded.
     let mut trained = None;
     if packing.packer.is_none() && folded_seq(&tx)? >= packing.next_train_at {
-        trained = Packer::train(&tx, Time::now().as_micros())?;
+        // Training is an optimization: its failure must not fail the fold.
+        trained = Packer::train(&tx, Time::now().as_micros()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "training the leaf dictionary failed");
+            None
+        });
         if trained.is_none() {
             packing.next_train_at = folded_seq(&tx)? + 4 * TRAIN_AFTER;
         }

@@ -341,13 +341,27 @@ pub(super) fn segments(dir: &Path) -> io::Result<Vec<(i64, PathBuf)>> {
     Ok(out)
 }
 
-/// Every intact frame holding an event after `after`, oldest first. A
-/// segment is read up to its first torn or damaged frame: frames are only
-/// acknowledged after they are synced, so what follows a torn frame was
-/// never acknowledged.
+/// Every intact frame holding an event after `after`, oldest first.
+///
+/// Reading stops at the first torn frame (or headless segment): frames are
+/// acknowledged in write order and only once synced, so nothing after a
+/// frame that did not reach the disk whole was acknowledged, in that
+/// segment or a later one. An intact frame *after* that point cannot come
+/// from a crash, only from damage to acknowledged data, and so can frames
+/// that do not continue `seq` from `after`: both are
+/// [`StoreError::Corrupted`], since starting anyway would drop acknowledged
+/// events and reuse their indexes.
 pub(super) fn read_frames(dir: &Path, after: i64) -> Result<Vec<Frame>, StoreError> {
     let io = |e: io::Error| StoreError::Backend(Box::new(e));
-    let mut frames = Vec::new();
+    let corrupt = |path: &Path, what: String| {
+        StoreError::Corrupted(format!(
+            "journal {}: {what}; to start without the journal, move {} aside (acknowledged events in it are then lost)",
+            path.display(),
+            dir.display()
+        ))
+    };
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut stopped: Option<String> = None;
     for (_, path) in segments(dir).map_err(io)? {
         let mut bytes = Vec::new();
         match File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
@@ -356,34 +370,75 @@ pub(super) fn read_frames(dir: &Path, after: i64) -> Result<Vec<Frame>, StoreErr
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io(e)),
         }
-        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-            // A segment is created and its header synced before any frame
-            // goes in, so a headless one holds nothing acknowledged.
-            tracing::warn!(path = %path.display(), "journal segment without a header; skipped");
+        let body = bytes.strip_prefix(MAGIC.as_slice());
+        if let Some(at) = &stopped {
+            if body.is_some_and(|mut rest| next_frame(&mut rest).is_some()) {
+                return Err(corrupt(&path, format!("an intact frame follows {at}")));
+            }
             continue;
         }
-        let mut rest = &bytes[MAGIC.len()..];
+        let Some(mut rest) = body else {
+            // A segment is created and its header synced before any frame
+            // goes in, so a headless one holds nothing acknowledged.
+            stopped = Some(format!("the headless segment {}", path.display()));
+            continue;
+        };
         while !rest.is_empty() {
-            let Some(frame) = next_frame(&mut rest) else {
-                tracing::warn!(path = %path.display(), bytes = rest.len(), "torn journal frame; it and what follows were never acknowledged");
+            let offset = bytes.len() - rest.len();
+            let Some(payload) = next_frame(&mut rest) else {
+                // A whole frame whose checksum fails, followed by an intact
+                // one, was damaged after it was written: a crash tears only
+                // the last frame.
+                if let Some(mut after_bad) = skip_frame(rest)
+                    && next_frame(&mut after_bad).is_some()
+                {
+                    return Err(corrupt(
+                        &path,
+                        format!(
+                            "the frame at byte {offset} is damaged and intact frames follow it"
+                        ),
+                    ));
+                }
+                tracing::warn!(path = %path.display(), offset, "torn journal frame; it and what follows were never acknowledged");
+                stopped = Some(format!(
+                    "the torn frame at byte {offset} of {}",
+                    path.display()
+                ));
                 break;
             };
-            let frame = Frame::decode(frame)
-                .map_err(|e| StoreError::Corrupted(format!("journal {}: {e}", path.display())))?;
-            if frame.last_seq() > after {
-                frames.push(frame);
+            let frame = Frame::decode(payload).map_err(|e| corrupt(&path, e))?;
+            if frame.last_seq() <= after {
+                continue;
             }
+            let expected = frames.last().map_or(after, Frame::last_seq) + 1;
+            if frame.events[0].seq != expected {
+                return Err(corrupt(
+                    &path,
+                    format!("frames skip from seq {expected} to {}", frame.events[0].seq),
+                ));
+            }
+            frames.push(frame);
         }
     }
     Ok(frames)
 }
 
-/// Splits the next intact frame's payload off `rest`.
+/// What follows the frame at the start of `rest`, by its length alone.
+fn skip_frame(rest: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_FRAME_BYTES {
+        return None;
+    }
+    rest.get(8 + len as usize..)
+}
+
+/// Splits the next intact frame's payload off `rest`. A frame always holds
+/// an event, so a zero length (zeros past a crash) is not a frame.
 fn next_frame<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     let header = rest.get(..8)?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if len > MAX_FRAME_BYTES {
+    if len == 0 || len > MAX_FRAME_BYTES {
         return None;
     }
     let payload = rest.get(8..8 + len as usize)?;
@@ -439,13 +494,24 @@ impl Written {
     pub(super) fn sync(&self) -> io::Result<()> {
         self.0.sync_data()
     }
+
+    /// Whether both frames went into the same segment.
+    pub(super) fn same_file(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Journal {
     /// A journal in `dir`, created if missing. The first append starts a
     /// new segment; existing segments are left to [`read_frames`].
     pub(super) fn open(dir: &Path) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            // The directory's own entry must survive a crash too.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
             file: None,
@@ -476,11 +542,10 @@ impl Journal {
     }
 
     fn start_segment(&mut self, first_seq: i64) -> io::Result<()> {
-        if let Some(old) = &self.file {
-            // Frames are acknowledged in write order, so the old segment must
-            // be durable before anything in the new one is.
-            old.sync_data()?;
-        }
+        // The old segment is synced by the syncer, which syncs every segment
+        // a group wrote to, in order: one thread owns each file's syncs, so a
+        // write-back error cannot be reported to one caller and missed by
+        // the other.
         let path = self.dir.join(format!("{first_seq:020}.seg"));
         let mut file = OpenOptions::new()
             .create_new(true)

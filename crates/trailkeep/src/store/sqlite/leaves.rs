@@ -59,7 +59,11 @@ impl Leaves {
             .flatten()
             .ok_or_else(|| corrupt("a zstd frame without its length"))?;
         let dict = self.dict(conn, id)?;
-        let mut out = Vec::with_capacity(usize::try_from(len).map_err(corrupt)?);
+        // The header is data read from disk: a damaged one must not make the
+        // process abort on an impossible allocation.
+        let mut out = Vec::new();
+        out.try_reserve_exact(usize::try_from(len).map_err(corrupt)?)
+            .map_err(|_| corrupt(format!("a recorded length of {len} bytes")))?;
         DCTX.with_borrow_mut(|dctx| dctx.decompress_using_ddict(&mut out, &stored, &dict))
             .map_err(|code| corrupt(zstd_safe::get_error_name(code)))?;
         if out.len() as u64 != len {

@@ -189,6 +189,17 @@ impl TailEvent {
     }
 }
 
+/// What [`Tail::wait_for_room`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Room {
+    /// The tail has room.
+    Ready,
+    /// The fold made no room in time; it may be failing.
+    Stalled,
+    /// The fold has stopped for good.
+    Gone,
+}
+
 /// What the fold should do next, from [`Tail::next_fold`].
 pub(super) enum FoldWork {
     /// Fold these frames (oldest first).
@@ -223,6 +234,8 @@ struct State {
     closing: bool,
     /// The fold has stopped for good; the writer must not wait for it.
     fold_gone: bool,
+    /// The last fold failed.
+    failing: bool,
 }
 
 /// The shared tail: the writer publishes, readers take views, the fold
@@ -246,6 +259,7 @@ impl Tail {
                 starved: false,
                 closing: false,
                 fold_gone: false,
+                failing: false,
             }),
             changed: Condvar::new(),
         }
@@ -277,20 +291,32 @@ impl Tail {
         self.changed.notify_all();
     }
 
-    /// Blocks the writer while `max_unfolded` events wait for the fold.
-    /// False when the fold is gone and never will make room.
-    pub(super) fn wait_for_room(&self, max_unfolded: usize) -> bool {
+    /// Blocks the writer while `max_unfolded` events wait for the fold, for
+    /// at most `stall`.
+    pub(super) fn wait_for_room(&self, max_unfolded: usize, stall: Duration) -> Room {
+        let deadline = Instant::now() + stall;
         let mut s = self.lock();
         while s.unfolded >= max_unfolded && !s.fold_gone {
+            let now = Instant::now();
+            if now >= deadline {
+                s.starved = false;
+                return Room::Stalled;
+            }
             s.starved = true;
             self.changed.notify_all();
             s = self
                 .changed
-                .wait(s)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
         s.starved = false;
-        !s.fold_gone
+        if s.fold_gone { Room::Gone } else { Room::Ready }
+    }
+
+    /// Whether the last fold failed (the store is then not ready).
+    pub(super) fn fold_failing(&self) -> bool {
+        self.lock().failing
     }
 
     /// Blocks the fold until frames are due, per `policy`.
@@ -344,6 +370,7 @@ impl Tail {
     pub(super) fn folded(&self, folded_seq: Option<i64>) {
         let mut s = self.lock();
         s.last_fold = Instant::now();
+        s.failing = folded_seq.is_none();
         if let Some(hi) = folded_seq {
             let keep: Vec<Arc<Published>> = s
                 .view

@@ -16,11 +16,15 @@ use tlog::{Frontier, Hash, HashReader, NodeId, TlogError};
 
 use super::super::{AppendJob, AppendOutcome, ProjectId, Receipt, StoreError, StoredResponse};
 use super::journal::{Frame, Head, IdemRecord, Journal, NewTenant, TailEvent, Written};
-use super::tail::{Tail, View};
+use super::tail::{Room, Tail, View};
 use super::{IDEMPOTENCY_TTL_MICROS, Queued, Reply, read_db_nodes};
 
 /// Groups written but not yet synced that the writer may run ahead by.
 const IN_FLIGHT: usize = 64;
+/// How long a group waits for the fold to make room before it is refused
+/// with 503: long enough for any fold that succeeds, short enough that a
+/// failing fold cannot hold requests (or a shutdown) for good.
+const FOLD_STALL: Duration = Duration::from_secs(10);
 use crate::config::CommitConfig;
 use crate::metrics::Metrics;
 use crate::model::Time;
@@ -107,6 +111,11 @@ impl Writer {
         }
     }
 
+    /// Set once appends can no longer be made durable.
+    pub(super) fn broken_flag(&self) -> Arc<AtomicBool> {
+        self.broken.clone()
+    }
+
     /// Serves the queue until every sender is gone or the journal breaks.
     pub(super) fn run(mut self, rx: &Receiver<Queued>) {
         let (to_syncer, from_writer) = std::sync::mpsc::sync_channel::<Pending>(IN_FLIGHT);
@@ -128,10 +137,24 @@ impl Writer {
                 return;
             }
         };
+        // Jobs a group left for the next one when its frame was full.
+        let mut carried: VecDeque<Queued> = VecDeque::new();
         while !self.broken.load(Ordering::SeqCst) {
-            let Ok(first) = rx.recv() else { break };
+            let first = match carried.pop_front() {
+                Some(q) => q,
+                None => match rx.recv() {
+                    Ok(q) => q,
+                    Err(_) => break,
+                },
+            };
             let mut n_events = first.job.events.len();
             let mut batch = vec![first];
+            while n_events < self.commit.max_batch_events
+                && let Some(q) = carried.pop_front()
+            {
+                n_events += q.job.events.len();
+                batch.push(q);
+            }
             let deadline = Instant::now() + Duration::from_micros(self.commit.window_us);
             while n_events < self.commit.max_batch_events {
                 let next = match rx.try_recv() {
@@ -149,15 +172,29 @@ impl Writer {
                 n_events += q.job.events.len();
                 batch.push(q);
             }
-            if !self.tail.wait_for_room(self.commit.max_unfolded_events) {
-                tracing::error!("the fold has stopped; refusing appends");
-                self.broken.store(true, Ordering::SeqCst);
-                for q in batch {
-                    let _ = q.reply.send(Err(StoreError::Unavailable));
+            match self
+                .tail
+                .wait_for_room(self.commit.max_unfolded_events, FOLD_STALL)
+            {
+                Room::Ready => {}
+                Room::Stalled => {
+                    // Nothing of this group is written; the clients may retry.
+                    tracing::warn!("the fold makes no room for new events; refusing this group");
+                    for q in batch {
+                        let _ = q.reply.send(Err(StoreError::Unavailable));
+                    }
+                    continue;
                 }
-                break;
+                Room::Gone => {
+                    tracing::error!("the fold has stopped; refusing appends");
+                    self.broken.store(true, Ordering::SeqCst);
+                    for q in batch {
+                        let _ = q.reply.send(Err(StoreError::Unavailable));
+                    }
+                    break;
+                }
             }
-            match self.sequence_batch(batch, n_events) {
+            match self.sequence_batch(batch, n_events, &mut carried) {
                 Some(pending) => {
                     if to_syncer.send(pending).is_err() {
                         break;
@@ -168,12 +205,20 @@ impl Writer {
         }
         drop(to_syncer);
         let _ = syncer.join();
+        for q in carried {
+            let _ = q.reply.send(Err(StoreError::Unavailable));
+        }
         refuse_all(rx);
     }
 
     /// Sequences a group and writes its frame; `None` when the write failed
     /// (every job of the group has been answered then, and the writer stops).
-    fn sequence_batch(&mut self, batch: Vec<Queued>, n_events: usize) -> Option<Pending> {
+    fn sequence_batch(
+        &mut self,
+        batch: Vec<Queued>,
+        mut n_events: usize,
+        carried: &mut VecDeque<Queued>,
+    ) -> Option<Pending> {
         let started = Instant::now();
         // Read what is published before taking the view, so an in-flight
         // record dropped below is in the view (or already folded).
@@ -190,7 +235,22 @@ impl Writer {
         let mut frame = Frame::default();
         let mut staged: HashMap<(ProjectId, String), TenantState> = HashMap::new();
         let mut answers = Vec::with_capacity(batch.len());
-        for Queued { job, reply } in batch {
+        let mut leaf_bytes = 0usize;
+        let mut jobs = batch.into_iter();
+        while let Some(Queued { job, reply }) = jobs.next() {
+            // A frame stays far below the 1 GiB a reader accepts: it is full
+            // at `commit.max_frame_bytes` (at most 256 MiB) of leaves, and one
+            // job is at most `limits.max_body_bytes` (as much) of request.
+            if leaf_bytes >= self.commit.max_frame_bytes {
+                // The frame is full: the rest waits for the next group, in order.
+                let rest: Vec<Queued> =
+                    std::iter::once(Queued { job, reply }).chain(jobs).collect();
+                n_events -= rest.iter().map(|q| q.job.events.len()).sum::<usize>();
+                for q in rest.into_iter().rev() {
+                    carried.push_front(q);
+                }
+                break;
+            }
             let first_seq = self.next_seq;
             let first_tenant = self.next_tenant_id;
             let mut writes = JobWrites::default();
@@ -198,8 +258,13 @@ impl Writer {
                 Ok(outcome) => {
                     // A replay may return a record that is still in flight:
                     // like a new append, it is answered only once durable.
-                    let wrote =
-                        !writes.events.is_empty() || matches!(outcome, AppendOutcome::Replayed(_));
+                    // A conflict may be with a record still in flight too.
+                    let wrote = !writes.events.is_empty()
+                        || matches!(
+                            outcome,
+                            AppendOutcome::Replayed(_) | AppendOutcome::IdempotencyConflict
+                        );
+                    leaf_bytes += writes.events.iter().map(|e| e.leaf.len()).sum::<usize>();
                     frame.tenants.append(&mut writes.tenants);
                     frame.events.append(&mut writes.events);
                     frame.idempotency.extend(writes.idempotency);
@@ -463,21 +528,23 @@ impl Syncer {
         while let Ok(first) = rx.recv() {
             let mut group = vec![first];
             group.extend(rx.try_iter());
-            // One sync covers every frame written before it; a new segment
-            // syncs the old one before its first frame (`Journal::write`).
-            let last = group.iter().rev().find_map(|p| p.written.clone());
-            let synced = match (&last, self.broken.load(Ordering::SeqCst)) {
-                (_, true) => false,
-                (Some(w), false) => match w.sync() {
+            // One sync of a segment covers every frame written to it before
+            // the sync; the segments the group wrote to are synced in order.
+            let mut files: Vec<&Written> = Vec::new();
+            for w in group.iter().filter_map(|p| p.written.as_ref()) {
+                if files.last().is_none_or(|last| !last.same_file(w)) {
+                    files.push(w);
+                }
+            }
+            let synced = !self.broken.load(Ordering::SeqCst)
+                && files.iter().all(|w| match w.sync() {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::error!(error = %e, "syncing the journal failed; no event of these groups was acknowledged and the writer stops");
                         self.broken.store(true, Ordering::SeqCst);
                         false
                     }
-                },
-                (None, false) => true,
-            };
+                });
             for p in group {
                 self.finish(p, synced);
             }

@@ -173,21 +173,75 @@ fn a_torn_last_frame_is_dropped_and_the_rest_kept() {
     }
 }
 
+fn corrupted(dir: &Path) -> String {
+    match read_frames(dir, 0) {
+        Err(StoreError::Corrupted(m)) => m,
+        other => panic!("expected Corrupted, got {:?}", other.map(|f| seqs(&f))),
+    }
+}
+
 #[test]
-fn a_damaged_frame_ends_the_segment() {
+fn a_damaged_frame_before_intact_ones_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), &[frame(1, 2), frame(3, 2), frame(5, 2)]);
     let path = segment(dir.path());
     let mut bytes = fs::read(&path).unwrap();
     let second = MAGIC.len() + 8 + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    // Flip a byte inside the second frame's payload: its checksum fails.
+    // A flipped byte inside the second frame's payload fails its checksum,
+    // and an intact frame follows: acknowledged data was damaged.
     bytes[second + 40] ^= 0x20;
     fs::write(&path, &bytes).unwrap();
-    assert_eq!(seqs(&read_frames(dir.path(), 0).unwrap()), [1, 2]);
-    // A length past the end of the file is a torn frame too.
+    assert!(corrupted(dir.path()).contains("intact frames follow"));
+    // A length past the end of the file is a tear: the frames before it stay.
     bytes[second..second + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     fs::write(&path, &bytes).unwrap();
     assert_eq!(seqs(&read_frames(dir.path(), 0).unwrap()), [1, 2]);
+}
+
+#[test]
+fn a_damaged_last_frame_is_a_tear() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &[frame(1, 2), frame(3, 2)]);
+    let path = segment(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0x01;
+    // Zeros past the end, as a crash can leave them, are no frame either.
+    bytes.extend_from_slice(&[0; 4096]);
+    fs::write(&path, &bytes).unwrap();
+    assert_eq!(seqs(&read_frames(dir.path(), 0).unwrap()), [1, 2]);
+}
+
+#[test]
+fn nothing_after_a_tear_counts_unless_it_is_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(dir.path()).unwrap();
+    j.append(1, &frame(1, 2).encode()).unwrap();
+    j.append(3, &frame(3, 2).encode()).unwrap();
+    j.len = SEGMENT_BYTES;
+    j.append(5, &frame(5, 2).encode()).unwrap();
+    let segs = segments(dir.path()).unwrap();
+    // Tear the first segment's last frame: the later segment's intact frame
+    // cannot have been acknowledged after it, so this is damage.
+    let first = fs::read(&segs[0].1).unwrap();
+    fs::write(&segs[0].1, &first[..first.len() - 5]).unwrap();
+    assert!(corrupted(dir.path()).contains("an intact frame follows"));
+    // With only a header in the later segment, the tear simply ends the journal.
+    fs::write(&segs[1].1, MAGIC).unwrap();
+    assert_eq!(seqs(&read_frames(dir.path(), 0).unwrap()), [1, 2]);
+}
+
+#[test]
+fn frames_that_skip_seqs_are_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &[frame(1, 2), frame(4, 2)]);
+    assert!(corrupted(dir.path()).contains("skip from seq 3 to 4"));
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &[frame(3, 2)]);
+    assert!(
+        matches!(read_frames(dir.path(), 1), Err(StoreError::Corrupted(m)) if m.contains("skip from seq 2 to 3")),
+        "the first frame must follow what is folded"
+    );
 }
 
 #[test]
@@ -196,6 +250,13 @@ fn a_segment_without_its_header_holds_nothing() {
     write(dir.path(), &[frame(1, 2)]);
     fs::write(dir.path().join(format!("{:020}.seg", 3)), b"TK").unwrap();
     assert_eq!(seqs(&read_frames(dir.path(), 0).unwrap()), [1, 2]);
+    // Past a headless segment, an intact frame is damage.
+    fs::write(
+        dir.path().join(format!("{:020}.seg", 5)),
+        [MAGIC.as_slice(), &frame(5, 1).encode()].concat(),
+    )
+    .unwrap();
+    assert!(corrupted(dir.path()).contains("headless segment"));
 }
 
 #[test]
