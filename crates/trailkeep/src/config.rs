@@ -294,10 +294,10 @@ impl Default for CommitConfig {
             max_batch_events: 4096,
             window_us: 200,
             queue_capacity: 16 * 1024,
-            fold_at_events: 8 * 1024,
+            fold_at_events: 4 * 1024,
             fold_interval_ms: 250,
             fold_idle_ms: 2,
-            max_unfolded_events: 16 * 1024,
+            max_unfolded_events: 8 * 1024,
             max_frame_bytes: 64 << 20,
         }
     }
