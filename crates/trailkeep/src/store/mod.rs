@@ -98,6 +98,20 @@ pub struct Receipt {
     pub leaf_hash: Hash,
 }
 
+impl Receipt {
+    /// The receipt of `event`, whose index is assigned, with its leaf hash.
+    #[must_use]
+    pub fn of(event: &Event, leaf_hash: Hash) -> Self {
+        Self {
+            id: event.id,
+            tenant: event.tenant.clone(),
+            index: event.index,
+            received_at: event.received_at,
+            leaf_hash,
+        }
+    }
+}
+
 /// Result of an append.
 #[derive(Debug)]
 pub enum AppendOutcome {

@@ -361,6 +361,23 @@ fn count(dir: &Path, table: &str) -> i64 {
         .unwrap()
 }
 
+/// False (after saying why) when the tests run on PostgreSQL, which has no
+/// journal, tail or leaf compression.
+fn sqlite_only(why: &str) -> bool {
+    let pg = std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres");
+    if pg {
+        println!("SQLite only: {why}");
+    }
+    !pg
+}
+
+/// Sets every fold trigger but a full tail far off.
+fn hold_fold(c: &mut trailkeep::config::Config) {
+    c.commit.fold_at_events = 1_000_000;
+    c.commit.fold_interval_ms = 3_600_000;
+    c.commit.fold_idle_ms = 3_600_000;
+}
+
 /// Tree nodes stored with the events (32 bytes each in `events.nodes`).
 fn stored_nodes(dir: &Path) -> i64 {
     let conn = rusqlite::Connection::open(dir.join("trailkeep.db")).unwrap();
@@ -383,16 +400,10 @@ fn journal_bytes(dir: &Path) -> u64 {
 /// offline tools (after a crash) and a clean stop fold what is left behind.
 #[tokio::test]
 async fn acknowledged_events_are_readable_before_they_are_folded() {
-    if std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres") {
-        println!("SQLite only: PostgreSQL has no tail");
+    if !sqlite_only("PostgreSQL has no tail") {
         return;
     }
-    let s = TestServer::start_with(|c| {
-        c.commit.fold_at_events = 1_000_000;
-        c.commit.fold_interval_ms = 3_600_000;
-        c.commit.fold_idle_ms = 3_600_000;
-    })
-    .await;
+    let s = TestServer::start_with(hold_fold).await;
     let receipts = ingest(&s, "t", 13).await;
     assert_eq!(count(s.dir.path(), "events"), 0);
     assert!(
@@ -506,14 +517,11 @@ async fn acknowledged_events_are_readable_before_they_are_folded() {
 /// other fold trigger is far off.
 #[tokio::test]
 async fn a_full_tail_is_folded_before_more_is_appended() {
-    if std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres") {
-        println!("SQLite only: PostgreSQL has no tail");
+    if !sqlite_only("PostgreSQL has no tail") {
         return;
     }
     let s = TestServer::start_with(|c| {
-        c.commit.fold_at_events = 1_000_000;
-        c.commit.fold_interval_ms = 3_600_000;
-        c.commit.fold_idle_ms = 3_600_000;
+        hold_fold(c);
         c.commit.max_unfolded_events = 4;
     })
     .await;
@@ -537,8 +545,7 @@ async fn a_full_tail_is_folded_before_more_is_appended() {
 /// `fsck` still see the exact leaf bytes that were hashed.
 #[tokio::test]
 async fn compressed_leaves_read_back_exactly() {
-    if std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres") {
-        println!("SQLite only: PostgreSQL stores leaves as they are");
+    if !sqlite_only("PostgreSQL stores leaves as they are") {
         return;
     }
     let s = TestServer::start().await;
@@ -613,8 +620,7 @@ async fn compressed_leaves_read_back_exactly() {
 /// and every one is stored at the index it was acknowledged with.
 #[tokio::test]
 async fn a_full_frame_leaves_the_next_jobs_to_the_next_group() {
-    if std::env::var("TRAILKEEP_TEST_STORE").as_deref() == Ok("postgres") {
-        println!("SQLite only: PostgreSQL has no journal");
+    if !sqlite_only("PostgreSQL has no journal") {
         return;
     }
     let s = TestServer::start_with(|c| c.commit.max_frame_bytes = 1).await;

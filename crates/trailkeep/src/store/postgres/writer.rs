@@ -709,13 +709,7 @@ fn build(
             }
             out.rows
                 .event(*seq, project, *tenant_id, event, &leaf, search)?;
-            receipts.push(Receipt {
-                id: event.id,
-                tenant: event.tenant.clone(),
-                index: event.index,
-                received_at: event.received_at,
-                leaf_hash,
-            });
+            receipts.push(Receipt::of(event, leaf_hash));
         }
         p.receipts = receipts;
     }

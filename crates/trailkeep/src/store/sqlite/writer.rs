@@ -381,13 +381,7 @@ impl Writer {
                 .collect();
             let seq = self.next_seq;
             self.next_seq += 1;
-            receipts.push(Receipt {
-                id: event.id,
-                tenant: event.tenant.clone(),
-                index: event.index,
-                received_at: event.received_at,
-                leaf_hash,
-            });
+            receipts.push(Receipt::of(&event, leaf_hash));
             writes.events.push(TailEvent::new(
                 seq,
                 project,
