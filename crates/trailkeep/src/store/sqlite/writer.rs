@@ -65,13 +65,15 @@ pub(super) struct Writer {
     published: Arc<AtomicI64>,
 }
 
+/// A job's reply, its result, and whether that result needs its group's
+/// frame to be durable.
+type Answer = (Reply, Result<AppendOutcome, StoreError>, bool);
+
 /// One written group on its way to the syncer.
 struct Pending {
     frame: Option<Frame>,
     written: Option<Written>,
-    /// Each job's reply, its result, and whether that result needs this
-    /// group's frame to be durable.
-    answers: Vec<(Reply, Result<AppendOutcome, StoreError>, bool)>,
+    answers: Vec<Answer>,
     n_events: usize,
     started: Instant,
 }
@@ -133,7 +135,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the journal syncer; refusing appends");
                 self.broken.store(true, Ordering::SeqCst);
-                refuse_all(rx);
+                refuse(rx.try_iter());
                 return;
             }
         };
@@ -180,17 +182,13 @@ impl Writer {
                 Room::Stalled => {
                     // Nothing of this group is written; the clients may retry.
                     tracing::warn!("the fold makes no room for new events; refusing this group");
-                    for q in batch {
-                        let _ = q.reply.send(Err(StoreError::Unavailable));
-                    }
+                    refuse(batch);
                     continue;
                 }
                 Room::Gone => {
                     tracing::error!("the fold has stopped; refusing appends");
                     self.broken.store(true, Ordering::SeqCst);
-                    for q in batch {
-                        let _ = q.reply.send(Err(StoreError::Unavailable));
-                    }
+                    refuse(batch);
                     break;
                 }
             }
@@ -205,10 +203,8 @@ impl Writer {
         }
         drop(to_syncer);
         let _ = syncer.join();
-        for q in carried {
-            let _ = q.reply.send(Err(StoreError::Unavailable));
-        }
-        refuse_all(rx);
+        refuse(carried);
+        refuse(rx.try_iter());
     }
 
     /// Sequences a group and writes its frame; `None` when the write failed
@@ -303,13 +299,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "writing to the journal failed; no event of this group was acknowledged and the writer stops");
                 self.broken.store(true, Ordering::SeqCst);
-                for (reply, res, wrote) in answers {
-                    let _ = reply.send(if wrote {
-                        Err(StoreError::Unavailable)
-                    } else {
-                        res
-                    });
-                }
+                answer_unsynced(answers);
                 return None;
             }
         };
@@ -501,10 +491,22 @@ impl Writer {
     }
 }
 
-/// Answers whatever is still queued: the writer is gone.
-fn refuse_all(rx: &Receiver<Queued>) {
-    while let Ok(q) = rx.try_recv() {
+/// Answers jobs that will not be appended with 503.
+fn refuse(jobs: impl IntoIterator<Item = Queued>) {
+    for q in jobs {
         let _ = q.reply.send(Err(StoreError::Unavailable));
+    }
+}
+
+/// Answers a group whose frame did not become durable: 503 for every job
+/// whose answer depends on it, its own result for every other.
+fn answer_unsynced(answers: Vec<Answer>) {
+    for (reply, res, wrote) in answers {
+        let _ = reply.send(if wrote {
+            Err(StoreError::Unavailable)
+        } else {
+            res
+        });
     }
 }
 
@@ -547,13 +549,7 @@ impl Syncer {
 
     fn finish(&self, p: Pending, synced: bool) {
         if !synced {
-            for (reply, res, wrote) in p.answers {
-                let _ = reply.send(if wrote {
-                    Err(StoreError::Unavailable)
-                } else {
-                    res
-                });
-            }
+            answer_unsynced(p.answers);
             return;
         }
         if let Some(frame) = p.frame {
