@@ -138,15 +138,25 @@ impl Conn {
     }
 }
 
-/// A complete `POST` request with a JSON body and, if given, a bearer key.
+/// A complete `POST` request with a JSON body and a bearer key.
 #[must_use]
 pub fn post(path: &str, key: &str, body: &[u8]) -> Vec<u8> {
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+    request("POST", path, &[("Authorization", &format!("Bearer {key}"))], body)
+}
+
+/// A complete request with `headers` and a JSON `body` (for dialects whose
+/// auth is not a bearer key).
+#[must_use]
+pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
-    )
-    .into_bytes();
+    ));
+    let mut req = req.into_bytes();
     req.extend_from_slice(body);
     req
 }

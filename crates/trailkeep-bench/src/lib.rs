@@ -7,12 +7,14 @@
 //!   append ceiling), SHA-256 over export lines (verify ceiling).
 //! - [`http`]: the load generator, raw HTTP/1.1 keep-alive over tokio TCP.
 //! - [`server`]: trailkeep in process on a fresh data directory.
+//! - [`dialects`]: single-event load on each seed dialect's endpoint.
 //! - [`reads`]: reads at scale and `verify` throughput.
 //! - [`fresh`]: full-text freshness while a load phase runs.
 //! - [`pg`]: trailkeep on PostgreSQL beside a COPY BINARY ceiling.
 //! - [`report`]: the summary JSON, its ratios and the printed table.
 
 pub mod ceilings;
+pub mod dialects;
 pub mod events;
 pub mod fresh;
 pub mod http;
@@ -171,7 +173,7 @@ pub const CONNECTIONS: usize = 64;
 /// Connections for batched load.
 pub const BATCH_CONNECTIONS: usize = 4;
 
-fn rotate(reqs: Vec<Arc<[u8]>>, kind: Kind, events: u64) -> Source {
+pub(crate) fn rotate(reqs: Vec<Arc<[u8]>>, kind: Kind, events: u64) -> Source {
     Arc::new(move |_, n| Req {
         bytes: reqs[usize::try_from(n).unwrap_or(0) % reqs.len()].clone(),
         kind,
@@ -179,7 +181,7 @@ fn rotate(reqs: Vec<Arc<[u8]>>, kind: Kind, events: u64) -> Source {
     })
 }
 
-fn fail_on_errors(phase: &str, r: &http::LoadResult) -> anyhow::Result<()> {
+pub(crate) fn fail_on_errors(phase: &str, r: &http::LoadResult) -> anyhow::Result<()> {
     if r.events == 0 {
         bail!("{phase}: no event was acknowledged ({:?})", r.first_error);
     }
@@ -252,14 +254,25 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         json!({"skipped": "--skip sqlite given"})
     } else {
         eprintln!("[3/5] trailkeep ingest");
-        ingest_sqlite(
+        let mut t = ingest_sqlite(
             plan,
             &singles,
             batches,
             actor_reads,
             raw_json_bytes_per_event,
         )
-        .await?
+        .await?;
+        eprintln!("[3/5] trailkeep ingest: seed dialects");
+        let dialects = dialects::run(plan).await?;
+        let peak = dialects
+            .as_object()
+            .into_iter()
+            .flat_map(|d| d.values())
+            .filter_map(|d| d["peak_rss_mib"].as_f64())
+            .fold(t["peak_rss_mib"].as_f64().unwrap_or(0.0), f64::max);
+        t["peak_rss_mib"] = json!(peak);
+        t["dialects"] = dialects;
+        t
     };
 
     let postgres = match &plan.postgres {

@@ -27,6 +27,16 @@ fn search_fresh(trailkeep: &Value) -> Option<bool> {
     )
 }
 
+/// `{dialect: events/s ÷ ceiling}` for every dialect measured, else `null`.
+fn dialect_ratios(trailkeep: &Value, ceiling: f64) -> Value {
+    trailkeep["dialects"].as_object().map_or(Value::Null, |d| {
+        d.iter()
+            .map(|(name, v)| (name.clone(), json!(ratio(num(v, &["events_per_s"]), ceiling))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    })
+}
+
 /// Assembles the summary from each phase's figures.
 #[must_use]
 pub fn summary(
@@ -54,6 +64,8 @@ pub fn summary(
         "verify_vs_sha256": ratio(num(&reads, &["verify", "events_per_s"]), num(&reads, &["sha256", "events_per_s"])),
         "pg_batch_vs_copy": ratio(num(&postgres, &["batch", "events_per_s"]), num(&postgres, &["copy_ceiling", "events_per_s"])),
         "single_p99_vs_http_p99": ratio(single_p99, http_p99),
+        // Each seed dialect's single-event endpoint against the same ceiling.
+        "dialects_vs_http": dialect_ratios(&trailkeep, num(&http, &["events_per_s"])),
         "disk_vs_raw_json": ratio(disk, raw),
         "reads_disk_vs_raw_json": ratio(reads_disk, raw),
     });
@@ -128,6 +140,11 @@ pub fn table(s: &Value) -> String {
     let mut reads_row = t["mixed"]["reads"].clone();
     reads_row["events_per_s"] = reads_row["requests_per_s"].clone();
     row("trailkeep mixed reads (req/s)", &reads_row);
+    if let Some(dialects) = t["dialects"].as_object() {
+        for (name, d) in dialects {
+            row(&format!("dialect {name} (64 conn)"), d);
+        }
+    }
     let pg = &s["postgres"];
     if pg["available"] == true {
         row("pg trailkeep single (64 conn)", &pg["single"]);
@@ -268,6 +285,11 @@ pub fn table(s: &Value) -> String {
             "{key:<34} {:>9}   {bar}\n",
             fmt(&s["ratios"][key])
         ));
+    }
+    if let Some(d) = s["ratios"]["dialects_vs_http"].as_object() {
+        for (name, r) in d {
+            out.push_str(&format!("{:<34} {:>9}   (no bar)\n", format!("{name}_vs_http"), fmt(r)));
+        }
     }
     out.push_str(&format!("bars met: {}\n", s["bars"]));
     out

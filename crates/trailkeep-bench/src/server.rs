@@ -36,14 +36,23 @@ pub async fn start() -> anyhow::Result<Running> {
 /// # Errors
 /// When the store cannot be opened or the port bound.
 pub async fn start_with(store: Option<String>) -> anyhow::Result<Running> {
+    start_config(|c| c.store = store).await
+}
+
+/// Like [`start`], with the default configuration changed by `configure`
+/// before the server opens (the data directory is already set).
+///
+/// # Errors
+/// When the store cannot be opened or the port bound.
+pub async fn start_config(configure: impl FnOnce(&mut Config)) -> anyhow::Result<Running> {
     let dir = tempfile::Builder::new()
         .prefix("trailkeep-bench-")
         .tempdir()?;
-    let config = Config {
+    let mut config = Config {
         data_dir: dir.path().to_owned(),
-        store,
         ..Config::default()
     };
+    configure(&mut config);
     let server = trailkeep::Server::open(config, Some(API_KEY)).await?;
     let verifier = server.state.log.verifier();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
