@@ -135,6 +135,9 @@ impl AppState {
 
 /// Builds the whole router.
 pub fn app(state: AppState) -> Router {
+    // One shared allocation: axum clones the state for every extractor of
+    // every request, and an `Arc` clone is one atomic increment.
+    let state = Arc::new(state);
     let body_limit = state.config.limits.max_body_bytes;
     Router::new()
         .route("/healthz", get(healthz))
@@ -151,16 +154,14 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let res = next.run(req).await;
     state
         .metrics
-        .observe_request(&method, &route, res.status().as_u16());
+        .observe_request(method.as_str(), route, res.status().as_u16());
     if let Some(cause) = res.extensions().get::<InternalCause>() {
         tracing::error!(route, cause = %cause.0, "internal error");
     }
@@ -171,7 +172,7 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => {
@@ -186,7 +187,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,

@@ -1,6 +1,7 @@
 //! The native API: the canonical event model on the wire, queries, and the
 //! verifiable-log endpoints (checkpoints, proofs, export).
 
+use std::sync::Arc;
 use std::collections::HashMap;
 
 use axum::Router;
@@ -31,7 +32,7 @@ use crate::store::{
 use serde_json::Map;
 
 /// Routes of the native API.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/events", post(create_event).get(list_events))
         .route("/v1/events/batch", post(create_batch))
@@ -300,7 +301,7 @@ impl From<AppendError> for ApiError {
     responses((status = 201, body = ReceiptOut), (status = 401), (status = 413), (status = 422)),
     security(("bearer" = [])))]
 async fn create_event(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -327,7 +328,7 @@ async fn create_event(
     responses((status = 201, description = "`{\"events\": [receipt, ...]}`"), (status = 401), (status = 413), (status = 422)),
     security(("bearer" = [])))]
 async fn create_batch(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -583,7 +584,7 @@ fn parse_query(params: &HashMap<String, String>, max_page: usize) -> Result<Even
     responses((status = 200, description = "`{\"data\": [event, ...], \"next_cursor\": string|null}`"), (status = 400), (status = 401)),
     security(("bearer" = [])))]
 async fn list_events(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -611,7 +612,7 @@ async fn list_events(
 #[utoipa::path(get, path = "/v1/events/{id}", params(("id" = String, Path, description = "Event id")),
     responses((status = 200, description = "The event (its leaf encoding)"), (status = 404)), security(("bearer" = [])))]
 async fn get_event(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -714,7 +715,7 @@ fn size_param(params: &HashMap<String, String>, key: &str) -> Result<Option<u64>
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/checkpoint", params(("tenant" = String, Path)),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404)), security(("bearer" = [])))]
 async fn checkpoint(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -729,7 +730,7 @@ async fn checkpoint(
     params(("id" = String, Path), ("tree_size" = Option<u64>, Query, description = "Default: the latest size")),
     responses((status = 200, body = ProofOut), (status = 400), (status = 404)), security(("bearer" = [])))]
 async fn event_proof(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
@@ -780,7 +781,7 @@ async fn event_proof(
     params(("tenant" = String, Path), ("from" = u64, Query), ("to" = Option<u64>, Query, description = "Default: the latest size")),
     responses((status = 200, body = ConsistencyOut), (status = 400), (status = 404)), security(("bearer" = [])))]
 async fn consistency(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
     Query(params): Query<HashMap<String, String>>,
@@ -816,7 +817,7 @@ const EXPORT_CHUNK: u64 = 1000;
     params(("tenant" = String, Path), ("format" = Option<String>, Query, description = "Only `ndjson`")),
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 404)), security(("bearer" = [])))]
 async fn export(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
     Query(params): Query<HashMap<String, String>>,
@@ -1154,7 +1155,7 @@ pub struct WebhookIn {
 #[utoipa::path(post, path = "/v1/webhooks", request_body = WebhookIn,
     responses((status = 201, body = WebhookOut), (status = 401), (status = 422)), security(("bearer" = [])))]
 async fn create_webhook(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -1194,7 +1195,7 @@ async fn create_webhook(
 /// The project's webhooks.
 #[utoipa::path(get, path = "/v1/webhooks", responses((status = 200, body = [WebhookOut])), security(("bearer" = [])))]
 async fn list_webhooks(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
@@ -1212,7 +1213,7 @@ async fn list_webhooks(
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", params(("id" = i64, Path)),
     responses((status = 204), (status = 404)), security(("bearer" = [])))]
 async fn delete_webhook(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {

@@ -3,6 +3,8 @@
 //! `parent_org_id` (the key's project), geo-IP fields (when a database is
 //! configured) and the caller's user agent.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -34,7 +36,7 @@ const ECHOED: &[&str] = &[
 ];
 
 /// Auditr routes.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/api/events", post(create))
 }
 
@@ -60,7 +62,7 @@ fn render(f: Failure) -> Response {
 }
 
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {

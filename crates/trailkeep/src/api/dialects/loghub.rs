@@ -2,6 +2,8 @@
 //! `organization` (the key's project, by name or id). Success body exactly
 //! `{"code":"CREATE_EVENT_OK","status":"ok","data":{"id","timestamp"}}`.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -17,7 +19,7 @@ use crate::ingest::Checker;
 use crate::model::{Actor, ActorType};
 
 /// LogHub routes.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/v1/event", post(create))
 }
 
@@ -41,7 +43,7 @@ fn render(f: Failure) -> Response {
 }
 
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {

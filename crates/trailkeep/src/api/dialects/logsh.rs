@@ -1,6 +1,8 @@
 //! Logsh: `POST /api/event` with `Authorization: Bearer`. Errors use the
 //! seed's table exactly: `{status, name, message}`.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,7 +26,7 @@ const MAX_EVENT: usize = 250;
 const MAX_DESCRIPTION: usize = 150;
 
 /// Logsh routes.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/api/event", post(create))
 }
 
@@ -56,7 +58,7 @@ pub fn is_one_emoji(s: &str) -> bool {
 }
 
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {

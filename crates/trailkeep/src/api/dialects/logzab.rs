@@ -1,6 +1,8 @@
 //! LogZab: `POST /v1/addTrail`, the API key inside the body as `apiKey`.
 //! The seed documents no response; see `docs/dialects.md` for the shapes.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -15,7 +17,7 @@ use crate::ingest::Checker;
 use crate::model::{Actor, ActorType, Target};
 
 /// LogZab routes.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/v1/addTrail", post(create))
 }
 
@@ -34,7 +36,7 @@ fn render(f: Failure) -> Response {
     f.respond(body)
 }
 
-async fn create(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     match handle(&state, body).await {
         Ok(id) => axum::Json(
             json!({"status": "success", "message": "Audit trail added.", "data": {"id": id}}),

@@ -9,6 +9,8 @@ pub mod logsh;
 pub mod logzab;
 pub mod tavivo;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +23,7 @@ use crate::ratelimit::Credential;
 use crate::store::{AppendJob, AppendOutcome, Principal, Receipt, StoreError};
 
 /// Routes of every dialect.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .merge(loghub::routes())
         .merge(logsh::routes())

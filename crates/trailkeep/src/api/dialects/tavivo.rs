@@ -6,6 +6,7 @@
 //! few claim comparisons, and the RSA/EC stacks such crates compile are
 //! never needed.
 
+use std::sync::Arc;
 use std::collections::HashMap;
 
 use axum::Router;
@@ -29,11 +30,11 @@ use crate::ratelimit::Credential;
 use crate::store::EventQuery;
 
 /// ta-vivo routes.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/logs", post(create).get(list).fallback(method_not_allowed))
 }
 
-async fn method_not_allowed(State(state): State<AppState>) -> Response {
+async fn method_not_allowed(State(state): State<Arc<AppState>>) -> Response {
     if state.config.dialects.tavivo.jwt_secret.is_none() {
         return render(Refusal::Disabled);
     }
@@ -227,7 +228,7 @@ fn row(event: &Event) -> Value {
 }
 
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -334,7 +335,7 @@ async fn handle_create(
 }
 
 async fn list(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
