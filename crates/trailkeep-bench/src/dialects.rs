@@ -35,7 +35,10 @@ fn loghub(i: usize, _: &str) -> Vec<u8> {
     raw(
         "POST",
         "/v1/event",
-        &[("token", API_KEY), ("organization", trailkeep::DEFAULT_PROJECT)],
+        &[
+            ("token", API_KEY),
+            ("organization", trailkeep::DEFAULT_PROJECT),
+        ],
         &json!({
             "actor": {"type": "user", "data": {
                 "internal_id": e["actor"]["id"], "name": e["actor"]["name"], "email": e["actor"]["email"],
@@ -61,7 +64,7 @@ fn logsh(i: usize, _: &str) -> Vec<u8> {
             "event": e["action"],
             "description": e["description"],
             "icon": "👤",
-            "notify": i % 10 == 0,
+            "notify": i.is_multiple_of(10),
             "metadata": e["metadata"],
         }),
     )
@@ -93,7 +96,10 @@ fn auditr(i: usize, _: &str) -> Vec<u8> {
     raw(
         "POST",
         "/api/events",
-        &[("authorization", &bearer), ("user-agent", "trailkeep-bench/1.0")],
+        &[
+            ("authorization", &bearer),
+            ("user-agent", "trailkeep-bench/1.0"),
+        ],
         &json!({
             "org_id": e["tenant"],
             "action": e["action"],
@@ -163,10 +169,17 @@ const DIALECTS: [Dialect; 5] = [
 
 /// Whether the newest event of `tenant` reads back through the native API
 /// with `source.dialect` = `dialect`.
-async fn reads_back(addr: std::net::SocketAddr, tenant: &str, dialect: &str) -> anyhow::Result<bool> {
+async fn reads_back(
+    addr: std::net::SocketAddr,
+    tenant: &str,
+    dialect: &str,
+) -> anyhow::Result<bool> {
     let mut conn = http::Conn::connect(addr).await?;
     let res = conn
-        .send(&http::get(&format!("/v1/events?tenant={tenant}&limit=1"), API_KEY))
+        .send(&http::get(
+            &format!("/v1/events?tenant={tenant}&limit=1"),
+            API_KEY,
+        ))
         .await?;
     let v: Value = serde_json::from_slice(&res.body).unwrap_or(Value::Null);
     Ok(v["data"][0]["source"]["dialect"] == dialect)
@@ -183,7 +196,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         c.dialects.tavivo.jwt_secret = Some(TAVIVO_SECRET.into());
     })
     .await?;
-    let token = jwt(&json!({"sub": "trailkeep-bench", "userId": 1}), TAVIVO_SECRET);
+    let token = jwt(
+        &json!({"sub": "trailkeep-bench", "userId": 1}),
+        TAVIVO_SECRET,
+    );
     let mut spec = plan.spec(CONNECTIONS);
     spec.measure /= 2;
     let mut out = serde_json::Map::new();
@@ -196,12 +212,20 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         let r = http::run_load(tk.addr, &spec, crate::rotate(reqs, Kind::Write, 1)).await?;
         crate::fail_on_errors(d.name, &r)?;
         if r.errors > 0 {
-            anyhow::bail!("{}: {} requests failed, first: {:?}", d.name, r.errors, r.first_error);
+            anyhow::bail!(
+                "{}: {} requests failed, first: {:?}",
+                d.name,
+                r.errors,
+                r.first_error
+            );
         }
         // Request 0 goes first and carries template 0; dialects run one after
         // another, so the newest event in its tenant is this dialect's.
         if !reads_back(tk.addr, &(d.tenant)(0), d.name).await? {
-            anyhow::bail!("{}: its newest event does not read back with source.dialect", d.name);
+            anyhow::bail!(
+                "{}: its newest event does not read back with source.dialect",
+                d.name
+            );
         }
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         let mut v = load_json(&r, Kind::Write);

@@ -141,7 +141,12 @@ impl Conn {
 /// A complete `POST` request with a JSON body and a bearer key.
 #[must_use]
 pub fn post(path: &str, key: &str, body: &[u8]) -> Vec<u8> {
-    request("POST", path, &[("Authorization", &format!("Bearer {key}"))], body)
+    request(
+        "POST",
+        path,
+        &[("Authorization", &format!("Bearer {key}"))],
+        body,
+    )
 }
 
 /// A complete request with `headers` and a JSON `body` (for dialects whose

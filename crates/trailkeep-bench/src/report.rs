@@ -31,7 +31,12 @@ fn search_fresh(trailkeep: &Value) -> Option<bool> {
 fn dialect_ratios(trailkeep: &Value, ceiling: f64) -> Value {
     trailkeep["dialects"].as_object().map_or(Value::Null, |d| {
         d.iter()
-            .map(|(name, v)| (name.clone(), json!(ratio(num(v, &["events_per_s"]), ceiling))))
+            .map(|(name, v)| {
+                (
+                    name.clone(),
+                    json!(ratio(num(v, &["events_per_s"]), ceiling)),
+                )
+            })
             .collect::<serde_json::Map<_, _>>()
             .into()
     })
@@ -288,7 +293,11 @@ pub fn table(s: &Value) -> String {
     }
     if let Some(d) = s["ratios"]["dialects_vs_http"].as_object() {
         for (name, r) in d {
-            out.push_str(&format!("{:<34} {:>9}   (no bar)\n", format!("{name}_vs_http"), fmt(r)));
+            out.push_str(&format!(
+                "{:<34} {:>9}   (no bar)\n",
+                format!("{name}_vs_http"),
+                fmt(r)
+            ));
         }
     }
     out.push_str(&format!("bars met: {}\n", s["bars"]));

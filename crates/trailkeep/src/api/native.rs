@@ -1,8 +1,8 @@
 //! The native API: the canonical event model on the wire, queries, and the
 //! verifiable-log endpoints (checkpoints, proofs, export).
 
-use std::sync::Arc;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};

@@ -36,7 +36,10 @@ fn render(f: Failure) -> Response {
     f.respond(body)
 }
 
-async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn create(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match handle(&state, body).await {
         Ok(id) => axum::Json(
             json!({"status": "success", "message": "Audit trail added.", "data": {"id": id}}),

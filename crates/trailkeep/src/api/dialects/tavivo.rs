@@ -6,8 +6,8 @@
 //! few claim comparisons, and the RSA/EC stacks such crates compile are
 //! never needed.
 
-use std::sync::Arc;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
