@@ -25,15 +25,23 @@ struct Dialect {
     request: fn(usize, &str) -> Vec<u8>,
 }
 
-fn raw(method: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> Vec<u8> {
-    let body = serde_json::to_vec(body).expect("serializes");
-    http::request(method, path, headers, &body)
+/// A `POST` of `body` with `headers`.
+fn raw(path: &str, headers: &[(&str, &str)], body: &Value) -> Vec<u8> {
+    http::request("POST", path, headers, &to_vec(body))
+}
+
+/// A `POST` of `body` with `Authorization: Bearer <bearer>`.
+fn with_bearer(path: &str, bearer: &str, body: &Value) -> Vec<u8> {
+    http::post(path, bearer, &to_vec(body))
+}
+
+fn to_vec(body: &Value) -> Vec<u8> {
+    serde_json::to_vec(body).expect("serializes")
 }
 
 fn loghub(i: usize, _: &str) -> Vec<u8> {
     let e = events::event(i, None);
     raw(
-        "POST",
         "/v1/event",
         &[
             ("token", API_KEY),
@@ -54,11 +62,9 @@ fn loghub(i: usize, _: &str) -> Vec<u8> {
 
 fn logsh(i: usize, _: &str) -> Vec<u8> {
     let e = events::event(i, None);
-    let bearer = format!("Bearer {API_KEY}");
-    raw(
-        "POST",
+    with_bearer(
         "/api/event",
-        &[("authorization", &bearer)],
+        API_KEY,
         &json!({
             "workspace": e["tenant"],
             "event": e["action"],
@@ -74,7 +80,6 @@ fn logzab(i: usize, _: &str) -> Vec<u8> {
     let e = events::event(i, None);
     let timezone = ["UTC", "Asia/Jakarta", "Europe/Berlin"][i % 3];
     raw(
-        "POST",
         "/v1/addTrail",
         &[],
         &json!({
@@ -94,7 +99,6 @@ fn auditr(i: usize, _: &str) -> Vec<u8> {
     let e = events::event(i, None);
     let bearer = format!("Bearer {API_KEY}");
     raw(
-        "POST",
         "/api/events",
         &[
             ("authorization", &bearer),
@@ -119,11 +123,9 @@ fn auditr(i: usize, _: &str) -> Vec<u8> {
 
 fn tavivo(i: usize, token: &str) -> Vec<u8> {
     let e = events::event(i, None);
-    let bearer = format!("Bearer {token}");
-    raw(
-        "POST",
+    with_bearer(
         "/logs",
-        &[("authorization", &bearer)],
+        token,
         &json!({"userId": i, "action": e["action"], "metaData": e["metadata"]}),
     )
 }
@@ -131,7 +133,7 @@ fn tavivo(i: usize, token: &str) -> Vec<u8> {
 /// An HS256 JWT for `claims`, signed with `secret`.
 fn jwt(claims: &Value, secret: &str) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("serializes"));
+    let claims = URL_SAFE_NO_PAD.encode(to_vec(claims));
     let signing_input = format!("{header}.{claims}");
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(signing_input.as_bytes());
