@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::http::{self, Kind};
 use crate::server::API_KEY;
-use crate::stats::load_json;
+use crate::stats::{load_json, per_sec};
 use crate::{CONNECTIONS, Plan, events, server, sys};
 
 /// The HS256 secret the ta-vivo dialect is configured with for the run.
@@ -187,17 +187,14 @@ async fn reads_back(
     Ok(v["data"][0]["source"]["dialect"] == dialect)
 }
 
-/// Loads each dialect's endpoint in turn on one fresh SQLite server, with
-/// [`CONNECTIONS`] connections for half a phase each.
+/// Loads each dialect's endpoint in turn, each on a fresh SQLite server (so
+/// its bytes on disk are its own), with [`CONNECTIONS`] connections for half
+/// a phase each.
 ///
 /// # Errors
-/// When the server cannot start, a dialect acknowledges nothing, or its
-/// events do not read back through the native API.
+/// When a server cannot start, a dialect acknowledges nothing or fails a
+/// request, or its events do not read back through the native API.
 pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
-    let tk = server::start_config(|c| {
-        c.dialects.tavivo.jwt_secret = Some(TAVIVO_SECRET.into());
-    })
-    .await?;
     let token = jwt(
         &json!({"sub": "trailkeep-bench", "userId": 1}),
         TAVIVO_SECRET,
@@ -209,9 +206,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         let reqs: Vec<Arc<[u8]>> = (0..events::TEMPLATES)
             .map(|i| (d.request)(i, &token).into())
             .collect();
+        let tk = server::start_config(|c| {
+            c.dialects.tavivo.jwt_secret = Some(TAVIVO_SECRET.into());
+        })
+        .await?;
         let before = sys::rss_bytes();
         sys::reset_peak_rss();
         let r = http::run_load(tk.addr, &spec, crate::rotate(reqs, Kind::Write, 1)).await?;
+        let peak = sys::peak_rss_bytes();
         crate::fail_on_errors(d.name, &r)?;
         if r.errors > 0 {
             anyhow::bail!(
@@ -221,20 +223,27 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
                 r.first_error
             );
         }
-        // Request 0 goes first and carries template 0; dialects run one after
-        // another, so the newest event in its tenant is this dialect's.
+        // Request 0 goes first and carries template 0, and the server holds
+        // only this dialect's events.
         if !reads_back(tk.addr, &(d.tenant)(0), d.name).await? {
             anyhow::bail!(
                 "{}: its newest event does not read back with source.dialect",
                 d.name
             );
         }
+        let dir = tk.stop().await?;
+        let disk_bytes = sys::dir_bytes(dir.path());
+        drop(dir);
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         let mut v = load_json(&r, Kind::Write);
         v["rss_before_mib"] = json!(mib(before));
-        v["peak_rss_mib"] = json!(mib(sys::peak_rss_bytes()));
+        v["peak_rss_mib"] = json!(mib(peak));
+        v["disk"] = json!({
+            "events": r.acked_events,
+            "bytes": disk_bytes,
+            "bytes_per_event": per_sec(disk_bytes, r.acked_events as f64),
+        });
         out.insert(d.name.into(), v);
     }
-    drop(tk.stop().await?);
     Ok(Value::Object(out))
 }

@@ -226,6 +226,16 @@ pub fn table(s: &Value) -> String {
             ));
         }
     }
+    if let Some(dialects) = t["dialects"].as_object() {
+        let per_event: Vec<String> = dialects
+            .iter()
+            .map(|(name, d)| format!("{name} {} B", fmt(&d["disk"]["bytes_per_event"])))
+            .collect();
+        out.push_str(&format!(
+            "dialects: disk per event after close: {}\n",
+            per_event.join(", ")
+        ));
+    }
     out.push_str(&format!(
         "durable-append ceiling: {} bytes to storage per event\n",
         fmt(&s["append_ceiling"]["storage_write_bytes_per_event"])
