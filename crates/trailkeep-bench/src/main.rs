@@ -13,11 +13,6 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use trailkeep_bench::{Mode, Plan};
 
-/// The allocator the `trailkeep` binary uses, so the in-process server is
-/// measured as it ships; the ceilings run on it too.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const USAGE: &str = "usage: trailkeep-bench --smoke | --quick | --full [--out PATH] [--keep-data] [--no-postgres] [--skip sqlite,reads]";
 
 fn main() -> anyhow::Result<()> {

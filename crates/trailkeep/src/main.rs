@@ -10,12 +10,6 @@ use trailkeep::config::{Config, Overrides};
 use trailkeep::store::postgres::admin as pg;
 use trailkeep::store::sqlite::{admin, open_admin};
 
-/// mimalloc instead of glibc malloc: requests allocate on tokio workers and
-/// the SQLite fold frees on its own thread, which glibc's per-thread arenas
-/// turn into lock traffic and fragmentation (BENCHMARKS.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "trailkeep",
