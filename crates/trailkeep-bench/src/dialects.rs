@@ -234,10 +234,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         let dir = tk.stop().await?;
         let disk_bytes = sys::dir_bytes(dir.path());
         drop(dir);
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         let mut v = load_json(&r, Kind::Write);
-        v["rss_before_mib"] = json!(mib(before));
-        v["peak_rss_mib"] = json!(mib(peak));
+        v["rss_before_mib"] = json!(sys::mib(before));
+        v["peak_rss_mib"] = json!(sys::mib(peak));
         v["disk"] = json!({
             "events": r.acked_events,
             "bytes": disk_bytes,

@@ -61,6 +61,23 @@ pub async fn probe(addr: SocketAddr, stop: Arc<AtomicBool>) -> anyhow::Result<(V
     Ok((lags, missed))
 }
 
+/// Runs `load` with a [`probe`] beside it and returns what `load` returned
+/// with the probe's figures as [`json`].
+///
+/// # Errors
+/// When the probe fails.
+pub async fn during<T>(
+    addr: SocketAddr,
+    load: impl Future<Output = T>,
+) -> anyhow::Result<(T, Value)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let probing = tokio::spawn(probe(addr, stop.clone()));
+    let out = load.await;
+    stop.store(true, Ordering::SeqCst);
+    let (lags, missed) = probing.await??;
+    Ok((out, json(&lags, missed)))
+}
+
 /// `n` written in the letters a to z.
 fn letters(mut n: usize) -> String {
     let mut out = String::new();

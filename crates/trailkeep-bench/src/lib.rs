@@ -324,31 +324,31 @@ async fn ingest_sqlite(
     let commits_0 = server::Commits::scrape(tk.addr).await?;
     let rss_before = [sys::rss_bytes(), 0, 0];
     sys::reset_peak_rss();
-    let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let probe = tokio::spawn(fresh::probe(tk.addr, probe_stop.clone()));
-    let single = http::run_load(
+    let (single, single_fresh) = fresh::during(
         tk.addr,
-        &plan.spec(CONNECTIONS),
-        rotate(singles.to_vec(), Kind::Write, 1),
+        http::run_load(
+            tk.addr,
+            &plan.spec(CONNECTIONS),
+            rotate(singles.to_vec(), Kind::Write, 1),
+        ),
     )
     .await?;
-    probe_stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let single_fresh = probe.await??;
+    let single = single?;
     let single_rss = sys::peak_rss_bytes();
     fail_on_errors("single", &single)?;
     let commits_1 = server::Commits::scrape(tk.addr).await?;
     let rss_before = [rss_before[0], sys::rss_bytes(), 0];
     sys::reset_peak_rss();
-    let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let probe = tokio::spawn(fresh::probe(tk.addr, probe_stop.clone()));
-    let batch = http::run_load(
+    let (batch, batch_fresh) = fresh::during(
         tk.addr,
-        &plan.spec(BATCH_CONNECTIONS),
-        rotate(batches, Kind::Write, events::BATCH as u64),
+        http::run_load(
+            tk.addr,
+            &plan.spec(BATCH_CONNECTIONS),
+            rotate(batches, Kind::Write, events::BATCH as u64),
+        ),
     )
     .await?;
-    probe_stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let batch_fresh = probe.await??;
+    let batch = batch?;
     let batch_rss = sys::peak_rss_bytes();
     fail_on_errors("batch", &batch)?;
     let commits_2 = server::Commits::scrape(tk.addr).await?;
@@ -380,34 +380,33 @@ async fn ingest_sqlite(
     let disk_bytes = sys::dir_bytes(dir.path());
     drop(dir);
 
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let mut mixed_json = load_json(&mixed, Kind::Write);
     mixed_json["reads"] = load_json(&mixed, Kind::Read);
     let mut single_json = with_rss(
         load_json(&single, Kind::Write),
-        mib(single_rss),
+        sys::mib(single_rss),
         commits_1.since(&commits_0),
     );
     let mut batch_json = with_rss(
         load_json(&batch, Kind::Write),
-        mib(batch_rss),
+        sys::mib(batch_rss),
         commits_2.since(&commits_1),
     );
-    let mut mixed_json = with_rss(mixed_json, mib(mixed_rss), commits_3.since(&commits_2));
+    let mut mixed_json = with_rss(mixed_json, sys::mib(mixed_rss), commits_3.since(&commits_2));
     // What the process held when the phase began, so peak minus this is the phase's own.
     for (v, before) in [&mut single_json, &mut batch_json, &mut mixed_json]
         .into_iter()
         .zip(rss_before)
     {
-        v["rss_before_mib"] = json!(mib(before));
+        v["rss_before_mib"] = json!(sys::mib(before));
     }
-    single_json["search_freshness"] = fresh::json(&single_fresh.0, single_fresh.1);
-    batch_json["search_freshness"] = fresh::json(&batch_fresh.0, batch_fresh.1);
+    single_json["search_freshness"] = single_fresh;
+    batch_json["search_freshness"] = batch_fresh;
     Ok(json!({
         "single": single_json,
         "batch": batch_json,
         "mixed": mixed_json,
-        "peak_rss_mib": mib(single_rss.max(batch_rss).max(mixed_rss)),
+        "peak_rss_mib": sys::mib(single_rss.max(batch_rss).max(mixed_rss)),
         "disk": {
             "events": stored,
             "bytes": disk_bytes,

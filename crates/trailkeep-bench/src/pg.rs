@@ -215,10 +215,9 @@ async fn measure(
     let wal_2 = Wal::read(admin).await?;
     tk_server.stop().await?.close()?;
 
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let mut single_json = crate::with_rss(
         load_json(&single, Kind::Write),
-        mib(single_rss),
+        sys::mib(single_rss),
         commits_1.since(&commits_0),
     );
     merge(
@@ -227,7 +226,7 @@ async fn measure(
     );
     let mut batch_json = crate::with_rss(
         load_json(&batch, Kind::Write),
-        mib(batch_rss),
+        sys::mib(batch_rss),
         commits_2.since(&commits_1),
     );
     merge(
@@ -248,7 +247,7 @@ async fn measure(
         "settings": settings,
         "single": single_json,
         "batch": batch_json,
-        "peak_rss_mib": mib(single_rss.max(batch_rss)),
+        "peak_rss_mib": sys::mib(single_rss.max(batch_rss)),
         "copy_ceiling": ceiling,
         "identity": identity,
         "disk": disk,

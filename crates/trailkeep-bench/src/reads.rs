@@ -301,7 +301,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
             "secs": verify_secs,
             "events_per_s": per_sec(verified, verify_secs),
             // The bench holds every bundle in memory: not a figure of trailkeep's.
-            "peak_rss_mib": verify_peak_rss as f64 / (1024.0 * 1024.0),
+            "peak_rss_mib": crate::sys::mib(verify_peak_rss),
         },
         "sha256": {
             "events": hashed,
@@ -309,6 +309,6 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
             "events_per_s": per_sec(hashed, sha_secs),
         },
         // The bulk load and the queries, before any bundle is exported.
-        "peak_rss_mib": peak_rss as f64 / (1024.0 * 1024.0),
+        "peak_rss_mib": crate::sys::mib(peak_rss),
     }))
 }

@@ -74,6 +74,13 @@ pub fn peak_rss_bytes() -> u64 {
     proc_status_kib("VmHWM:") * 1024
 }
 
+/// `bytes` in MiB.
+#[must_use]
+#[allow(clippy::cast_precision_loss, reason = "byte counts are far below 2^52")]
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 /// Current resident set size (`VmRSS`) in bytes; 0 when unreadable.
 #[must_use]
 pub fn rss_bytes() -> u64 {
