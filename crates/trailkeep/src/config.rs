@@ -503,17 +503,13 @@ impl Config {
         }
         // One request is one job, and a job goes into one journal frame
         // whole; frames are read back only up to 1 GiB.
-        if l.max_body_bytes > MAX_BODY_BYTES {
-            return Err(bad(
-                "limits.max_body_bytes",
-                &format!("must be at most {MAX_BODY_BYTES}"),
-            ));
-        }
-        if self.commit.max_frame_bytes > MAX_BODY_BYTES {
-            return Err(bad(
-                "commit.max_frame_bytes",
-                &format!("must be at most {MAX_BODY_BYTES}"),
-            ));
+        for (key, v) in [
+            ("limits.max_body_bytes", l.max_body_bytes),
+            ("commit.max_frame_bytes", self.commit.max_frame_bytes),
+        ] {
+            if v > MAX_BODY_BYTES {
+                return Err(bad(key, &format!("must be at most {MAX_BODY_BYTES}")));
+            }
         }
         // Identifier-like fields are indexed (B-tree keys); 512 characters
         // of UTF-8 stay under PostgreSQL's ~2.7 KB index-row limit.
