@@ -723,6 +723,16 @@ mod tests {
             err.to_string().contains("must be at most 268435456"),
             "{err}"
         );
+        let err = Config::load(
+            &Overrides::default(),
+            &env(&[("TRAILKEEP_COMMIT__MAX_FRAME_BYTES", "268435457")]),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("commit.max_frame_bytes") && msg.contains("must be at most 268435456"),
+            "{msg}"
+        );
         let err =
             Config::load(&Overrides::default(), &env(&[("TRAILKEEP_LISTEN", "nope")])).unwrap_err();
         assert!(err.to_string().contains("TRAILKEEP_LISTEN"), "{err}");
