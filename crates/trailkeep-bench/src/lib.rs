@@ -224,30 +224,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         .collect();
 
     eprintln!("[1/5] HTTP ceiling");
-    let ceiling = ceilings::start_http_ceiling().await?;
-    let http_ceiling = http::run_load(
-        ceiling.addr,
-        &plan.spec(CONNECTIONS),
-        rotate(singles.clone(), Kind::Write, 1),
-    )
-    .await?;
-    ceiling.stop().await?;
-    fail_on_errors("HTTP ceiling", &http_ceiling)?;
-
+    let http_ceiling = measure_http_ceiling(plan, &singles).await?;
     eprintln!("[2/5] durable-append ceiling");
-    let append_dir = tempfile::Builder::new()
-        .prefix("trailkeep-bench-append-")
-        .tempdir()?;
-    let append = {
-        let bodies = bodies.clone();
-        let dir = append_dir.path().to_owned();
-        let (max, time) = (plan.append_events, plan.phase);
-        tokio::task::spawn_blocking(move || {
-            ceilings::durable_append(&bodies, &dir, events::BATCH, max, time)
-        })
-        .await??
-    };
-    drop(append_dir);
+    let append = measure_append_ceiling(plan, &bodies).await?;
 
     let trailkeep = if plan.skip_sqlite {
         eprintln!("[3/5] trailkeep ingest on SQLite skipped");
@@ -274,6 +253,18 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         t["dialects"] = dialects;
         t
     };
+    // The machine is shared, so both ceilings are measured again right
+    // after trailkeep's ingest phases; the ratios use the mean of the two
+    // and report how far they drifted.
+    let after = if plan.skip_sqlite {
+        None
+    } else {
+        eprintln!("[3/5] ceilings again, after trailkeep's ingest");
+        Some((
+            measure_http_ceiling(plan, &singles).await?,
+            measure_append_ceiling(plan, &bodies).await?,
+        ))
+    };
 
     let postgres = match &plan.postgres {
         Ok(url) => {
@@ -294,22 +285,62 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
         reads::run(plan).await?
     };
 
-    let append_json = json!({
-        "events_per_s": per_sec(append.events, append.secs),
-        "events": append.events,
-        "fdatasyncs": append.syncs,
-        "bytes": append.bytes,
-        "storage_write_bytes_per_event": per_sec(append.storage_write_bytes, append.events as f64),
-        "secs": append.secs,
-    });
-    Ok(report::summary(
-        plan,
-        load_json(&http_ceiling, Kind::Write),
-        append_json,
-        trailkeep,
-        postgres,
-        reads,
-    ))
+    let ceilings = report::Ceilings {
+        http: load_json(&http_ceiling, Kind::Write),
+        append: append_json(&append),
+        http_after: after
+            .as_ref()
+            .map_or(Value::Null, |(h, _)| load_json(h, Kind::Write)),
+        append_after: after.as_ref().map_or(Value::Null, |(_, a)| append_json(a)),
+    };
+    Ok(report::summary(plan, ceilings, trailkeep, postgres, reads))
+}
+
+/// The HTTP ceiling: a parse-only server loaded like trailkeep's single phase.
+async fn measure_http_ceiling(
+    plan: &Plan,
+    singles: &[Arc<[u8]>],
+) -> anyhow::Result<http::LoadResult> {
+    let ceiling = ceilings::start_http_ceiling().await?;
+    let r = http::run_load(
+        ceiling.addr,
+        &plan.spec(CONNECTIONS),
+        rotate(singles.to_vec(), Kind::Write, 1),
+    )
+    .await?;
+    ceiling.stop().await?;
+    fail_on_errors("HTTP ceiling", &r)?;
+    Ok(r)
+}
+
+/// The durable-append ceiling over a fresh temporary directory.
+async fn measure_append_ceiling(
+    plan: &Plan,
+    bodies: &[Vec<u8>],
+) -> anyhow::Result<ceilings::AppendResult> {
+    let dir = tempfile::Builder::new()
+        .prefix("trailkeep-bench-append-")
+        .tempdir()?;
+    let bodies = bodies.to_vec();
+    let path = dir.path().to_owned();
+    let (max, time) = (plan.append_events, plan.phase);
+    let r = tokio::task::spawn_blocking(move || {
+        ceilings::durable_append(&bodies, &path, events::BATCH, max, time)
+    })
+    .await??;
+    drop(dir);
+    Ok(r)
+}
+
+fn append_json(a: &ceilings::AppendResult) -> Value {
+    json!({
+        "events_per_s": per_sec(a.events, a.secs),
+        "events": a.events,
+        "fdatasyncs": a.syncs,
+        "bytes": a.bytes,
+        "storage_write_bytes_per_event": per_sec(a.storage_write_bytes, a.events as f64),
+        "secs": a.secs,
+    })
 }
 
 /// The single, batch and mixed phases on a fresh SQLite server.

@@ -42,20 +42,47 @@ fn dialect_ratios(trailkeep: &Value, ceiling: f64) -> Value {
     })
 }
 
+/// Both ceilings, measured before trailkeep's ingest phases and (unless
+/// those were skipped, else `null`) again after them.
+pub struct Ceilings {
+    /// The HTTP ceiling before trailkeep's ingest.
+    pub http: Value,
+    /// The durable-append ceiling before trailkeep's ingest.
+    pub append: Value,
+    /// The HTTP ceiling after trailkeep's ingest.
+    pub http_after: Value,
+    /// The durable-append ceiling after trailkeep's ingest.
+    pub append_after: Value,
+}
+
+/// The mean of the figure at `path` in `before` and `after`, or the one
+/// that was measured.
+fn bracketed(before: &Value, after: &Value, path: &[&str]) -> f64 {
+    let (b, a) = (num(before, path), num(after, path));
+    if a.is_finite() { (a + b) / 2.0 } else { b }
+}
+
 /// Assembles the summary from each phase's figures.
 #[must_use]
 pub fn summary(
     plan: &Plan,
-    http: Value,
-    append: Value,
+    ceilings: Ceilings,
     trailkeep: Value,
     postgres: Value,
     reads: Value,
 ) -> Value {
+    let Ceilings {
+        http,
+        append,
+        http_after,
+        append_after,
+    } = ceilings;
+    let http_eps = bracketed(&http, &http_after, &["events_per_s"]);
+    let append_eps = bracketed(&append, &append_after, &["events_per_s"]);
     let single_eps = num(&trailkeep, &["single", "events_per_s"]);
     let batch_eps = num(&trailkeep, &["batch", "events_per_s"]);
     let single_p99 = num(&trailkeep, &["single", "latency", "p99_ms"]);
-    let http_p99 = num(&http, &["latency", "p99_ms"]);
+    let http_p99 = bracketed(&http, &http_after, &["latency", "p99_ms"]);
     let disk = num(&trailkeep, &["disk", "bytes_per_event"]);
     let raw = num(&trailkeep, &["disk", "raw_json_bytes_per_event"]);
     let reads_disk = num(&reads, &["disk_bytes_per_event"]);
@@ -64,13 +91,20 @@ pub fn summary(
         .max(num(&postgres, &["peak_rss_mib"]))
         .max(num(&reads, &["peak_rss_mib"]));
     let ratios = json!({
-        "single_vs_http": ratio(single_eps, num(&http, &["events_per_s"])),
-        "batch_vs_append": ratio(batch_eps, num(&append, &["events_per_s"])),
+        // Against the mean of each ceiling's two measurements.
+        "single_vs_http": ratio(single_eps, http_eps),
+        "batch_vs_append": ratio(batch_eps, append_eps),
         "verify_vs_sha256": ratio(num(&reads, &["verify", "events_per_s"]), num(&reads, &["sha256", "events_per_s"])),
         "pg_batch_vs_copy": ratio(num(&postgres, &["batch", "events_per_s"]), num(&postgres, &["copy_ceiling", "events_per_s"])),
         "single_p99_vs_http_p99": ratio(single_p99, http_p99),
         // Each seed dialect's single-event endpoint against the same ceiling.
-        "dialects_vs_http": dialect_ratios(&trailkeep, num(&http, &["events_per_s"])),
+        "dialects_vs_http": dialect_ratios(&trailkeep, http_eps),
+        // Each ceiling after trailkeep's ingest over the same before it: how
+        // much the machine itself moved during the run.
+        "ceiling_drift": {
+            "http": ratio(num(&http_after, &["events_per_s"]), num(&http, &["events_per_s"])),
+            "append": ratio(num(&append_after, &["events_per_s"]), num(&append, &["events_per_s"])),
+        },
         "disk_vs_raw_json": ratio(disk, raw),
         "reads_disk_vs_raw_json": ratio(reads_disk, raw),
     });
@@ -100,6 +134,8 @@ pub fn summary(
         },
         "http_ceiling": http,
         "append_ceiling": append,
+        "http_ceiling_after": http_after,
+        "append_ceiling_after": append_after,
         "trailkeep": trailkeep,
         "postgres": postgres,
         "reads": reads,
@@ -139,6 +175,13 @@ pub fn table(s: &Value) -> String {
     let t = &s["trailkeep"];
     row("HTTP ceiling (parse only, 64 conn)", &s["http_ceiling"]);
     row("durable-append ceiling (1 thread)", &s["append_ceiling"]);
+    if s["http_ceiling_after"].is_object() {
+        row("HTTP ceiling, after trailkeep", &s["http_ceiling_after"]);
+        row(
+            "durable-append, after trailkeep",
+            &s["append_ceiling_after"],
+        );
+    }
     row("trailkeep single (64 conn)", &t["single"]);
     row("trailkeep batch x1000 (4 conn)", &t["batch"]);
     row("trailkeep mixed writes (64 conn)", &t["mixed"]);
@@ -310,6 +353,13 @@ pub fn table(s: &Value) -> String {
             ));
         }
     }
+    for (name, key) in [("http", "HTTP"), ("append", "durable-append")] {
+        out.push_str(&format!(
+            "{:<34} {:>9}   (after / before; ratios use the mean)\n",
+            format!("{key} ceiling drift"),
+            fmt(&s["ratios"]["ceiling_drift"][name])
+        ));
+    }
     out.push_str(&format!("bars met: {}\n", s["bars"]));
     out
 }
@@ -318,8 +368,19 @@ pub fn table(s: &Value) -> String {
 mod tests {
     use serde_json::json;
 
-    use super::summary;
+    use serde_json::Value;
+
+    use super::{Ceilings, summary};
     use crate::{Mode, Plan};
+
+    fn no_ceilings() -> Ceilings {
+        Ceilings {
+            http: json!({}),
+            append: json!({}),
+            http_after: Value::Null,
+            append_after: Value::Null,
+        }
+    }
 
     fn rss_bar(trailkeep: f64, postgres: Option<f64>, reads: f64) -> Option<bool> {
         let postgres = postgres.map_or_else(
@@ -328,8 +389,7 @@ mod tests {
         );
         let s = summary(
             &Plan::new(Mode::Smoke),
-            json!({}),
-            json!({}),
+            no_ceilings(),
             json!({"peak_rss_mib": trailkeep}),
             postgres,
             json!({"peak_rss_mib": reads}),
@@ -343,5 +403,45 @@ mod tests {
         assert_eq!(rss_bar(150.0, Some(225.0), 120.0), Some(false));
         assert_eq!(rss_bar(150.0, None, 120.0), Some(true));
         assert_eq!(rss_bar(150.0, None, 250.0), Some(false));
+    }
+
+    #[test]
+    fn ratios_use_the_mean_of_both_ceilings_and_report_their_drift() {
+        let ceiling = |eps: f64, p99: f64| json!({"events_per_s": eps, "latency": {"p99_ms": p99}});
+        let trailkeep = json!({
+            "single": {"events_per_s": 30.0, "latency": {"p99_ms": 6.0}},
+            "batch": {"events_per_s": 50.0},
+        });
+        let run = |ceilings| {
+            summary(
+                &Plan::new(Mode::Smoke),
+                ceilings,
+                trailkeep.clone(),
+                json!({"available": false, "skipped": "test"}),
+                json!({}),
+            )
+        };
+        let s = run(Ceilings {
+            http: ceiling(100.0, 1.0),
+            append: json!({"events_per_s": 200.0}),
+            http_after: ceiling(50.0, 3.0),
+            append_after: json!({"events_per_s": 300.0}),
+        });
+        let r = &s["ratios"];
+        assert_eq!(r["single_vs_http"], json!(0.4), "30 / mean(100, 50)");
+        assert_eq!(r["single_p99_vs_http_p99"], json!(3.0), "6 / mean(1, 3)");
+        assert_eq!(r["batch_vs_append"], json!(0.2), "50 / mean(200, 300)");
+        assert_eq!(r["ceiling_drift"]["http"], json!(0.5));
+        assert_eq!(r["ceiling_drift"]["append"], json!(1.5));
+        // Without a second measurement, the first one alone, and no drift.
+        let s = run(Ceilings {
+            http: ceiling(100.0, 1.0),
+            append: json!({"events_per_s": 200.0}),
+            http_after: Value::Null,
+            append_after: Value::Null,
+        });
+        assert_eq!(s["ratios"]["single_vs_http"], json!(0.3));
+        assert_eq!(s["ratios"]["batch_vs_append"], json!(0.25));
+        assert!(s["ratios"]["ceiling_drift"]["http"].is_null());
     }
 }
