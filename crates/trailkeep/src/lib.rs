@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::postgres::{PgStore, admin as pg_admin};
-use crate::store::sqlite::{self, SqliteStore, admin, open_admin};
+use crate::store::sqlite::{self, SqliteStore, admin};
 
 /// The project that owns the first API key.
 pub const DEFAULT_PROJECT: &str = "default";
@@ -175,7 +175,9 @@ fn open_sqlite(
     let lock = sqlite::try_lock(&db)
         .with_context(|| format!("opening {}", sqlite::lock_path(&db).display()))?
         .ok_or_else(|| anyhow::anyhow!("{} is in use by another trailkeep server", db.display()))?;
-    let conn = open_admin(&db)
+    // This process holds the lock, so it migrates and folds what an earlier
+    // run left in the journal.
+    let conn = sqlite::fold_journal(&db)
         .with_context(|| format!("opening store {} (store / TRAILKEEP_STORE)", db.display()))?;
     let tavivo_project = match &config.dialects.tavivo.jwt_secret {
         Some(_) => {

@@ -134,20 +134,42 @@ fn open_migrated(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Opens (creating if needed) and migrates a database for offline use by
-/// the CLI or for startup work. When no server holds the database's lock,
-/// acknowledged events that a stopped or crashed server left in the
-/// journal are folded first, so offline tools see every one of them.
+/// Opens a database for offline use by the CLI or for startup work. When no
+/// server holds the database's lock, it is created if needed and migrated,
+/// and acknowledged events that a stopped or crashed server left in the
+/// journal are folded first, so offline tools see every one of them. When a
+/// server holds the lock, the schema is that server's: the database is
+/// opened only if it is already at this build's version, never migrated.
 ///
 /// # Errors
-/// When the file cannot be opened, the schema is newer than this build, or
-/// the journal cannot be folded.
+/// When the file cannot be opened, the schema is newer than this build (or,
+/// beside a running server, older), or the journal cannot be folded.
 pub fn open_admin(path: &Path) -> Result<Connection, StoreError> {
     let lock = try_lock(path).map_err(|e| StoreError::Backend(Box::new(e)))?;
     match lock {
         Some(_lock) => fold_journal(path),
-        None => open_migrated(path),
+        None => open_served(path),
     }
+}
+
+/// Opens a database that a running server holds, without migrating it: a
+/// migration would change tables under the server's prepared statements
+/// and its writer's assumptions.
+fn open_served(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != schema::SQLITE_SCHEMA_VERSION {
+        return Err(StoreError::Backend(
+            format!(
+                "{} is at schema version {version} and served by a running server, but this build uses version {}; stop the server and run this build's `trailkeep serve` or command first, which migrates it",
+                path.display(),
+                schema::SQLITE_SCHEMA_VERSION
+            )
+            .into(),
+        ));
+    }
+    Ok(conn)
 }
 
 /// Opens and migrates a database and folds what its journal holds, for a

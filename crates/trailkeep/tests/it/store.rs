@@ -624,6 +624,42 @@ fn a_sqlite_store_newer_than_this_build_is_refused() {
     assert!(err.to_string().contains("refusing to downgrade"), "{err}");
 }
 
+#[test]
+fn beside_a_running_server_the_cli_never_migrates() {
+    use trailkeep::store::sqlite::{admin, open_admin, try_lock};
+    let dir = tempfile::tempdir().unwrap();
+    let version = |db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    // At this build's version the CLI works beside a server (which holds the lock).
+    let current_db = dir.path().join("current.db");
+    drop(open_admin(&current_db).unwrap());
+    let current = version(&current_db);
+    let lock = try_lock(&current_db)
+        .unwrap()
+        .expect("nobody holds the lock");
+    admin::ensure_project(&open_admin(&current_db).unwrap(), "beside").unwrap();
+    drop(lock);
+    // A database at an older version (here none yet) held by a server: the
+    // CLI refuses instead of migrating under it.
+    let old_db = dir.path().join("old.db");
+    drop(rusqlite::Connection::open(&old_db).unwrap());
+    let lock = try_lock(&old_db).unwrap().expect("nobody holds the lock");
+    let err = open_admin(&old_db).expect_err("an older schema beside a server");
+    assert!(
+        format!("{:#}", anyhow::Error::from(err)).contains("served by a running server"),
+        "the error says why"
+    );
+    assert_eq!(version(&old_db), 0, "nothing was migrated");
+    // Once the server is gone, the same command migrates.
+    drop(lock);
+    drop(open_admin(&old_db).unwrap());
+    assert_eq!(version(&old_db), current);
+}
+
 #[tokio::test]
 async fn a_postgres_schema_newer_than_this_build_is_refused() {
     let Some(url) = fresh_schema().await else {
