@@ -27,6 +27,22 @@ fn search_fresh(trailkeep: &Value) -> Option<bool> {
     )
 }
 
+/// Events the read bars of issue 6 are set at.
+const READ_BAR_EVENTS: u64 = 10_000_000;
+
+/// Whether every query in `queries` (each a path into the reads section)
+/// had its p99 within `ms`, when the reads phase ran at [`READ_BAR_EVENTS`]
+/// or more; `None` otherwise. A query that was not measured fails the bar.
+fn read_bar(plan: &Plan, reads: &Value, queries: &[&[&str]], ms: f64) -> Option<bool> {
+    if plan.read_events < READ_BAR_EVENTS || !reads["events"].is_u64() {
+        return None;
+    }
+    Some(queries.iter().all(|q| {
+        let p99 = num(&q.iter().fold(reads, |v, k| &v[*k])["p99_ms"], &[]);
+        p99.is_finite() && p99 <= ms
+    }))
+}
+
 /// `{dialect: events/s ÷ ceiling}` for every dialect measured, else `null`.
 fn dialect_ratios(trailkeep: &Value, ceiling: f64) -> Value {
     trailkeep["dialects"].as_object().map_or(Value::Null, |d| {
@@ -119,6 +135,16 @@ pub fn summary(
         "disk_le_1_5x_raw_json": at_most("reads_disk_vs_raw_json", 1.5),
         "pg_batch_ge_0_5_copy": at_least("pg_batch_vs_copy", 0.5),
         "search_fresh_within_1_s": search_fresh(&trailkeep),
+        // The read bars are absolute and set at 10 M events: a smaller load
+        // (`--quick`, `--smoke`) says nothing about them.
+        "reads_indexed_p99_le_10_ms": read_bar(
+            plan,
+            &reads,
+            &[&["actor"], &["action_prefix"], &["time_range"], &["paging", "page"]],
+            10.0,
+        ),
+        "reads_full_text_p99_le_50_ms": read_bar(plan, &reads, &[&["full_text"]], 50.0),
+        "reads_proof_p99_le_2_ms": read_bar(plan, &reads, &[&["proof"]], 2.0),
     });
     json!({
         "mode": match plan.mode { Mode::Smoke => "smoke", Mode::Quick => "quick", Mode::Full => "full" },
@@ -443,5 +469,48 @@ mod tests {
         assert_eq!(s["ratios"]["single_vs_http"], json!(0.3));
         assert_eq!(s["ratios"]["batch_vs_append"], json!(0.25));
         assert!(s["ratios"]["ceiling_drift"]["http"].is_null());
+    }
+
+    #[test]
+    fn read_bars_hold_only_at_ten_million_events() {
+        let reads = |proof_p99: f64| {
+            json!({
+                "events": 10_000_000,
+                "actor": {"p99_ms": 0.9},
+                "action_prefix": {"p99_ms": 0.9},
+                "time_range": {"p99_ms": 5.7},
+                "full_text": {"p99_ms": 42.0},
+                "proof": {"p99_ms": proof_p99},
+                "paging": {"page": {"p99_ms": 1.0}},
+            })
+        };
+        let bars = |mode, reads| {
+            summary(
+                &Plan::new(mode),
+                no_ceilings(),
+                json!({}),
+                json!({"available": false, "skipped": "test"}),
+                reads,
+            )["bars"]
+                .clone()
+        };
+        let b = bars(Mode::Full, reads(3.3));
+        assert_eq!(b["reads_indexed_p99_le_10_ms"], json!(true));
+        assert_eq!(b["reads_full_text_p99_le_50_ms"], json!(true));
+        assert_eq!(b["reads_proof_p99_le_2_ms"], json!(false));
+        assert_eq!(
+            bars(Mode::Full, reads(1.9))["reads_proof_p99_le_2_ms"],
+            json!(true)
+        );
+        // A missing query fails its bar rather than passing it.
+        let mut partial = reads(1.0);
+        partial.as_object_mut().unwrap().remove("time_range");
+        assert_eq!(
+            bars(Mode::Full, partial)["reads_indexed_p99_le_10_ms"],
+            json!(false)
+        );
+        // Quick runs load 200 000 events; skipped reads have no events at all.
+        assert!(bars(Mode::Quick, reads(1.0))["reads_proof_p99_le_2_ms"].is_null());
+        assert!(bars(Mode::Full, json!({"skipped": "test"}))["reads_proof_p99_le_2_ms"].is_null());
     }
 }
