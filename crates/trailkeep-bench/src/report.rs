@@ -38,7 +38,7 @@ fn read_bar(plan: &Plan, reads: &Value, queries: &[&[&str]], ms: f64) -> Option<
         return None;
     }
     Some(queries.iter().all(|q| {
-        let p99 = num(&q.iter().fold(reads, |v, k| &v[*k])["p99_ms"], &[]);
+        let p99 = num(reads, &[*q, &["p99_ms"]].concat());
         p99.is_finite() && p99 <= ms
     }))
 }
@@ -392,9 +392,7 @@ pub fn table(s: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
-    use serde_json::Value;
+    use serde_json::{Value, json};
 
     use super::{Ceilings, summary};
     use crate::{Mode, Plan};
