@@ -61,14 +61,21 @@ fn inline_tree_nodes(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 /// The schema version this build writes.
 pub(crate) const SQLITE_SCHEMA_VERSION: i64 = SQLITE_MIGRATIONS.len() as i64;
 
-/// Applies every pending migration, each in its own transaction.
-pub(crate) fn migrate_sqlite(conn: &mut Connection) -> Result<i64, StoreError> {
+/// The schema version of the database `conn` is open on, refused when it is
+/// newer than this build.
+pub(crate) fn sqlite_version(conn: &Connection) -> Result<i64, StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > SQLITE_SCHEMA_VERSION {
         return Err(StoreError::Corrupted(format!(
             "database schema version {current} is newer than this build ({SQLITE_SCHEMA_VERSION}); refusing to downgrade"
         )));
     }
+    Ok(current)
+}
+
+/// Applies every pending migration, each in its own transaction.
+pub(crate) fn migrate_sqlite(conn: &mut Connection) -> Result<i64, StoreError> {
+    let current = sqlite_version(conn)?;
     for (i, sql) in SQLITE_MIGRATIONS
         .iter()
         .enumerate()

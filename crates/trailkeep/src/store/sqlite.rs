@@ -158,8 +158,8 @@ pub fn open_admin(path: &Path) -> Result<Connection, StoreError> {
 fn open_served(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     configure(&conn)?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version != schema::SQLITE_SCHEMA_VERSION {
+    let version = schema::sqlite_version(&conn)?;
+    if version < schema::SQLITE_SCHEMA_VERSION {
         return Err(StoreError::Backend(
             format!(
                 "{} is at schema version {version} and served by a running server, but this build uses version {}; stop the server and run this build's `trailkeep serve` or command first, which migrates it",

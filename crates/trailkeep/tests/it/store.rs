@@ -658,6 +658,16 @@ fn beside_a_running_server_the_cli_never_migrates() {
     drop(lock);
     drop(open_admin(&old_db).unwrap());
     assert_eq!(version(&old_db), current);
+    // A newer schema than this build's is refused beside a server too.
+    rusqlite::Connection::open(&current_db)
+        .unwrap()
+        .pragma_update(None, "user_version", current + 1)
+        .unwrap();
+    let _lock = try_lock(&current_db)
+        .unwrap()
+        .expect("nobody holds the lock");
+    let err = open_admin(&current_db).expect_err("a newer schema beside a server");
+    assert!(err.to_string().contains("refusing to downgrade"), "{err}");
 }
 
 #[tokio::test]
