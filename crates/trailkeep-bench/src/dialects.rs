@@ -210,8 +210,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
             c.dialects.tavivo.jwt_secret = Some(TAVIVO_SECRET.into());
         })
         .await?;
-        let before = sys::rss_bytes();
-        sys::reset_peak_rss();
+        let before = sys::reset_peak_rss();
         let r = http::run_load(tk.addr, &spec, crate::rotate(reqs, Kind::Write, 1)).await?;
         let peak = sys::peak_rss_bytes();
         crate::fail_on_errors(d.name, &r)?;

@@ -353,8 +353,7 @@ async fn ingest_sqlite(
 ) -> anyhow::Result<Value> {
     let tk = server::start().await?;
     let commits_0 = server::Commits::scrape(tk.addr).await?;
-    let rss_before = [sys::rss_bytes(), 0, 0];
-    sys::reset_peak_rss();
+    let rss_before = [sys::reset_peak_rss(), 0, 0];
     let (single, single_fresh) = fresh::during(
         tk.addr,
         http::run_load(
@@ -368,8 +367,7 @@ async fn ingest_sqlite(
     let single_rss = sys::peak_rss_bytes();
     fail_on_errors("single", &single)?;
     let commits_1 = server::Commits::scrape(tk.addr).await?;
-    let rss_before = [rss_before[0], sys::rss_bytes(), 0];
-    sys::reset_peak_rss();
+    let rss_before = [rss_before[0], sys::reset_peak_rss(), 0];
     let (batch, batch_fresh) = fresh::during(
         tk.addr,
         http::run_load(
@@ -383,8 +381,7 @@ async fn ingest_sqlite(
     let batch_rss = sys::peak_rss_bytes();
     fail_on_errors("batch", &batch)?;
     let commits_2 = server::Commits::scrape(tk.addr).await?;
-    let rss_before = [rss_before[0], rss_before[1], sys::rss_bytes()];
-    sys::reset_peak_rss();
+    let rss_before = [rss_before[0], rss_before[1], sys::reset_peak_rss()];
     let singles = singles.to_vec();
     let mixed_source: Source = Arc::new(move |_, n| {
         let i = usize::try_from(n).unwrap_or(0);

@@ -191,7 +191,7 @@ async fn measure(
     let addr = tk_server.addr;
     let commits_0 = server::Commits::scrape(addr).await?;
     let wal_0 = Wal::read(admin).await?;
-    sys::reset_peak_rss();
+    let _ = sys::reset_peak_rss();
     let single = http::run_load(
         addr,
         &plan.spec(CONNECTIONS),
@@ -202,7 +202,7 @@ async fn measure(
     crate::fail_on_errors("PostgreSQL single", &single)?;
     let commits_1 = server::Commits::scrape(addr).await?;
     let wal_1 = Wal::read(admin).await?;
-    sys::reset_peak_rss();
+    let _ = sys::reset_peak_rss();
     let batch = http::run_load(
         addr,
         &plan.spec(BATCH_CONNECTIONS),

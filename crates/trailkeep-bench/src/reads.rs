@@ -106,7 +106,7 @@ fn time_at(from: Time, to: Time, frac: f64) -> String {
     reason = "one linear script of measurements reads best in order"
 )]
 pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
-    sys::reset_peak_rss();
+    let _ = sys::reset_peak_rss();
     let tk = server::start().await?;
     let mut conn = Conn::connect(tk.addr).await?;
     let t_from = Time::now();
@@ -231,7 +231,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Value> {
     // Everything up to here is trailkeep under load and queries; what follows
     // holds whole export bundles in the bench's own memory to verify them.
     let peak_rss = sys::peak_rss_bytes();
-    sys::reset_peak_rss();
+    let _ = sys::reset_peak_rss();
 
     // Export bundles, then verify them in process against SHA-256 of the lines.
     let mut bundles = Vec::new();
