@@ -703,45 +703,27 @@ mod tests {
 
     #[test]
     fn errors_name_key_and_env_var() {
-        let err = Config::load(
-            &Overrides::default(),
-            &env(&[("TRAILKEEP_LIMITS__MAX_BODY_BYTES", "3")]),
-        )
-        .unwrap_err();
-        let msg = err.to_string();
+        let load_err = |vars: &[(&str, &str)]| {
+            Config::load(&Overrides::default(), &env(vars))
+                .unwrap_err()
+                .to_string()
+        };
+        let msg = load_err(&[("TRAILKEEP_LIMITS__MAX_BODY_BYTES", "3")]);
         assert!(
             msg.contains("limits.max_body_bytes")
                 && msg.contains("TRAILKEEP_LIMITS__MAX_BODY_BYTES"),
             "{msg}"
         );
-        let err = Config::load(
-            &Overrides::default(),
-            &env(&[("TRAILKEEP_LIMITS__MAX_BODY_BYTES", "268435457")]),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("must be at most 268435456"),
-            "{err}"
-        );
-        let err = Config::load(
-            &Overrides::default(),
-            &env(&[("TRAILKEEP_COMMIT__MAX_FRAME_BYTES", "268435457")]),
-        )
-        .unwrap_err();
-        let msg = err.to_string();
+        let msg = load_err(&[("TRAILKEEP_LIMITS__MAX_BODY_BYTES", "268435457")]);
+        assert!(msg.contains("must be at most 268435456"), "{msg}");
+        let msg = load_err(&[("TRAILKEEP_COMMIT__MAX_FRAME_BYTES", "268435457")]);
         assert!(
             msg.contains("commit.max_frame_bytes") && msg.contains("must be at most 268435456"),
             "{msg}"
         );
-        let err =
-            Config::load(&Overrides::default(), &env(&[("TRAILKEEP_LISTEN", "nope")])).unwrap_err();
-        assert!(err.to_string().contains("TRAILKEEP_LISTEN"), "{err}");
-        let err = Config::load(
-            &Overrides::default(),
-            &env(&[("TRAILKEEP_LIMITS__MAX_TAGS", "many")]),
-        )
-        .unwrap_err();
-        let msg = err.to_string();
+        let msg = load_err(&[("TRAILKEEP_LISTEN", "nope")]);
+        assert!(msg.contains("TRAILKEEP_LISTEN"), "{msg}");
+        let msg = load_err(&[("TRAILKEEP_LIMITS__MAX_TAGS", "many")]);
         assert!(
             msg.contains("`limits.max_tags`") && msg.contains("TRAILKEEP_LIMITS__MAX_TAGS"),
             "{msg}"
