@@ -562,4 +562,4 @@ impl Journal {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -194,7 +194,7 @@ impl TailEvent {
 pub(super) enum Room {
     /// The tail has room.
     Ready,
-    /// The fold made no room in time; it may be failing.
+    /// The fold (or the journal's sync) made no room in time; it may be failing.
     Stalled,
     /// The fold has stopped for good.
     Gone,
@@ -219,14 +219,19 @@ pub(super) struct FoldPolicy {
     pub(super) idle: Duration,
     /// Most events one fold takes.
     pub(super) chunk: usize,
-    /// The writer waits before appending while this many events wait.
+    /// The writer waits before appending while this many events wait,
+    /// written or published.
     pub(super) max_unfolded: usize,
 }
 
 #[derive(Debug)]
 struct State {
     view: Arc<View>,
+    /// Events published and not folded yet.
     unfolded: usize,
+    /// Events in frames the writer has written and the syncer has not
+    /// published yet; they are held in memory as well.
+    written: usize,
     last_publish: Instant,
     last_fold: Instant,
     /// The writer is waiting for room.
@@ -254,6 +259,7 @@ impl Tail {
             state: Mutex::new(State {
                 view: Arc::default(),
                 unfolded: 0,
+                written: 0,
                 last_publish: now,
                 last_fold: now,
                 starved: false,
@@ -276,6 +282,13 @@ impl Tail {
         self.lock().view.clone()
     }
 
+    /// Counts `n` events of a frame just written, until [`Tail::publish`]
+    /// moves them to the unfolded ones: the writer calls it before it hands
+    /// the frame to the syncer.
+    pub(super) fn wrote(&self, n: usize) {
+        self.lock().written += n;
+    }
+
     /// Makes a durable frame visible to readers and the fold.
     pub(super) fn publish(&self, frame: Frame) {
         let n = frame.events.len();
@@ -285,18 +298,21 @@ impl Tail {
         frames.extend(s.view.frames.iter().cloned());
         frames.push(published);
         s.view = Arc::new(View { frames });
+        s.written = s.written.saturating_sub(n);
         s.unfolded += n;
         s.last_publish = Instant::now();
         drop(s);
         self.changed.notify_all();
     }
 
-    /// Blocks the writer while `max_unfolded` events wait for the fold, for
-    /// at most `stall`.
+    /// Blocks the writer while `max_unfolded` events wait for the fold,
+    /// counting those written and not yet published, for at most `stall`.
+    /// Publishing only moves events from written to unfolded; the fold is
+    /// what makes room, and a waiting writer has it run at once.
     pub(super) fn wait_for_room(&self, max_unfolded: usize, stall: Duration) -> Room {
         let deadline = Instant::now() + stall;
         let mut s = self.lock();
-        while s.unfolded >= max_unfolded && !s.fold_gone {
+        while s.unfolded + s.written >= max_unfolded && !s.fold_gone {
             let now = Instant::now();
             if now >= deadline {
                 s.starved = false;
@@ -401,5 +417,83 @@ impl Tail {
     pub(super) fn fold_gone(&self) {
         self.lock().fold_gone = true;
         self.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::journal::tests::frame;
+    use super::*;
+
+    const NOW: Duration = Duration::ZERO;
+    const SHORT: Duration = Duration::from_millis(20);
+
+    /// Written frames are in memory as much as published ones, so they
+    /// count against `max_unfolded` from the moment they are written until
+    /// a fold drops them.
+    #[test]
+    fn written_frames_count_against_the_room() {
+        let tail = Tail::new();
+        tail.wrote(3);
+        assert_eq!(tail.wait_for_room(4, NOW), Room::Ready);
+        tail.wrote(1);
+        assert_eq!(tail.wait_for_room(4, SHORT), Room::Stalled);
+        let f = frame(1, 4);
+        let hi = f.last_seq();
+        tail.publish(f);
+        assert_eq!(
+            tail.wait_for_room(4, SHORT),
+            Room::Stalled,
+            "publishing makes no room"
+        );
+        assert_eq!(
+            tail.wait_for_room(5, NOW),
+            Room::Ready,
+            "published events count once"
+        );
+        tail.folded(Some(hi));
+        assert_eq!(tail.wait_for_room(1, NOW), Room::Ready);
+    }
+
+    /// A writer waiting only on written frames waits for their publication
+    /// and is let go by the fold that follows, not by the stall timeout.
+    #[test]
+    fn a_writer_waiting_on_written_frames_is_released_by_the_fold() {
+        let tail = Arc::new(Tail::new());
+        tail.wrote(4);
+        let policy = FoldPolicy {
+            at_events: usize::MAX,
+            interval: Duration::from_secs(3600),
+            idle: Duration::from_secs(3600),
+            chunk: 1024,
+            max_unfolded: 4,
+        };
+        let fold = {
+            let tail = tail.clone();
+            std::thread::spawn(move || {
+                let FoldWork::Fold(frames) = tail.next_fold(&policy) else {
+                    panic!("nothing to fold");
+                };
+                let hi = frames.last().map(|p| p.frame.last_seq());
+                tail.folded(hi);
+            })
+        };
+        let syncer = {
+            let tail = tail.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(SHORT);
+                tail.publish(frame(1, 4));
+            })
+        };
+        let started = Instant::now();
+        assert_eq!(tail.wait_for_room(4, Duration::from_secs(10)), Room::Ready);
+        let waited = started.elapsed();
+        assert!(waited >= SHORT, "did not wait for the written frame");
+        assert!(
+            waited < Duration::from_secs(5),
+            "released by the stall timeout"
+        );
+        syncer.join().unwrap();
+        fold.join().unwrap();
     }
 }

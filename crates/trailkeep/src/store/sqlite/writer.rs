@@ -181,7 +181,9 @@ impl Writer {
                 Room::Ready => {}
                 Room::Stalled => {
                     // Nothing of this group is written; the clients may retry.
-                    tracing::warn!("the fold makes no room for new events; refusing this group");
+                    tracing::warn!(
+                        "the fold or the journal's sync makes no room for new events; refusing this group"
+                    );
                     refuse(batch);
                     continue;
                 }
@@ -194,6 +196,9 @@ impl Writer {
             }
             match self.sequence_batch(batch, n_events, &mut carried) {
                 Some(pending) => {
+                    if let Some(f) = &pending.frame {
+                        self.tail.wrote(f.events.len());
+                    }
                     if to_syncer.send(pending).is_err() {
                         break;
                     }

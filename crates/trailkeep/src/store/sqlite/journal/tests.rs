@@ -27,7 +27,8 @@ fn event(tenant: &str, index: u64, tags: &[&str]) -> Event {
     }
 }
 
-fn frame(first_seq: i64, n: u64) -> Frame {
+/// A frame of `n` events of tenant 7 from `first_seq` on.
+pub(in crate::store::sqlite) fn frame(first_seq: i64, n: u64) -> Frame {
     let events = (0..n)
         .map(|i| {
             let e = event("acme", i, &["web"]);
