@@ -280,9 +280,9 @@ pub struct CommitConfig {
     pub fold_idle_ms: u64,
     /// SQLite: most events held in memory, written to the journal and
     /// waiting for their sync or acknowledged and waiting for the fold; at
-    /// this many the writer waits for the fold before it appends more, which
-    /// bounds memory (about 1.5 KB an event) when ingest outruns the fold or
-    /// the journal's syncs.
+    /// this many the writer waits for syncs and the fold before it appends
+    /// more, which bounds memory (about 1.5 KB an event) when ingest outruns
+    /// the fold or the journal's syncs.
     pub max_unfolded_events: usize,
     /// SQLite: leaf bytes past which a group commit takes no further job
     /// (its journal frame is full); the jobs left go into the next group.

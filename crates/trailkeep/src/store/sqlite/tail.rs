@@ -289,6 +289,15 @@ impl Tail {
         self.lock().written += n;
     }
 
+    /// Takes back [`Tail::wrote`] for a frame that will never be published
+    /// (its sync failed), waking a writer that waits for room.
+    pub(super) fn unwrote(&self, n: usize) {
+        let mut s = self.lock();
+        s.written = s.written.saturating_sub(n);
+        drop(s);
+        self.changed.notify_all();
+    }
+
     /// Makes a durable frame visible to readers and the fold.
     pub(super) fn publish(&self, frame: Frame) {
         let n = frame.events.len();
@@ -298,6 +307,10 @@ impl Tail {
         frames.extend(s.view.frames.iter().cloned());
         frames.push(published);
         s.view = Arc::new(View { frames });
+        debug_assert!(
+            s.written >= n,
+            "published a frame that was not counted as written"
+        );
         s.written = s.written.saturating_sub(n);
         s.unfolded += n;
         s.last_publish = Instant::now();
@@ -466,8 +479,10 @@ mod tests {
             interval: Duration::from_secs(3600),
             idle: Duration::from_secs(3600),
             chunk: 1024,
-            max_unfolded: 4,
+            // Only the waiting writer (`starved`) may make the fold due.
+            max_unfolded: usize::MAX,
         };
+        let started = Instant::now();
         let fold = {
             let tail = tail.clone();
             std::thread::spawn(move || {
@@ -485,7 +500,6 @@ mod tests {
                 tail.publish(frame(1, 4));
             })
         };
-        let started = Instant::now();
         assert_eq!(tail.wait_for_room(4, Duration::from_secs(10)), Room::Ready);
         let waited = started.elapsed();
         assert!(waited >= SHORT, "did not wait for the written frame");
@@ -495,5 +509,27 @@ mod tests {
         );
         syncer.join().unwrap();
         fold.join().unwrap();
+    }
+
+    /// A frame whose sync failed is never published; taking it back wakes
+    /// the writer at once instead of after the stall timeout.
+    #[test]
+    fn a_frame_whose_sync_failed_no_longer_counts() {
+        let tail = Arc::new(Tail::new());
+        tail.wrote(4);
+        let started = Instant::now();
+        let syncer = {
+            let tail = tail.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(SHORT);
+                tail.unwrote(4);
+            })
+        };
+        assert_eq!(tail.wait_for_room(4, Duration::from_secs(10)), Room::Ready);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "released by the stall timeout"
+        );
+        syncer.join().unwrap();
     }
 }

@@ -21,9 +21,11 @@ use super::{IDEMPOTENCY_TTL_MICROS, Queued, Reply, read_db_nodes};
 
 /// Groups written but not yet synced that the writer may run ahead by.
 const IN_FLIGHT: usize = 64;
-/// How long a group waits for the fold to make room before it is refused
-/// with 503: long enough for any fold that succeeds, short enough that a
-/// failing fold cannot hold requests (or a shutdown) for good.
+/// How long a group waits for room (for the journal's sync of the groups
+/// before it and for the fold) before it is refused with 503: long enough
+/// for any sync and fold that succeed, short enough that a failing fold
+/// cannot hold requests (or a shutdown) for good, nor a stuck sync new
+/// requests.
 const FOLD_STALL: Duration = Duration::from_secs(10);
 use crate::config::CommitConfig;
 use crate::metrics::Metrics;
@@ -178,6 +180,11 @@ impl Writer {
                 .tail
                 .wait_for_room(self.commit.max_unfolded_events, FOLD_STALL)
             {
+                // A failed sync released the wait: this group must not be written.
+                Room::Ready if self.broken.load(Ordering::SeqCst) => {
+                    refuse(batch);
+                    break;
+                }
                 Room::Ready => {}
                 Room::Stalled => {
                     // Nothing of this group is written; the clients may retry.
@@ -554,6 +561,10 @@ impl Syncer {
 
     fn finish(&self, p: Pending, synced: bool) {
         if !synced {
+            if let Some(frame) = &p.frame {
+                // Never published: release a writer waiting on its events.
+                self.tail.unwrote(frame.events.len());
+            }
             answer_unsynced(p.answers);
             return;
         }
