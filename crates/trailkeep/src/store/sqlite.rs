@@ -16,6 +16,7 @@
 mod fold;
 mod journal;
 mod leaves;
+mod node_cache;
 mod tail;
 mod writer;
 
@@ -71,6 +72,7 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     tail: Arc<Tail>,
     leaves: Arc<Leaves>,
+    nodes: Arc<node_cache::NodeCache>,
     writer: Mutex<Option<JoinHandle<()>>>,
     folder: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
@@ -284,6 +286,7 @@ impl SqliteStore {
             readers: Arc::new(ReadPool::new(path)),
             tail,
             leaves: Arc::default(),
+            nodes: Arc::default(),
             writer: Mutex::new(Some(writer)),
             folder: Mutex::new(Some(folder)),
             checkpointer: Mutex::new(Some(checkpointer)),
@@ -322,6 +325,7 @@ impl SqliteStore {
             readers: Arc::new(ReadPool::new(path)),
             tail,
             leaves: Arc::default(),
+            nodes: Arc::default(),
             writer: Mutex::new(None),
             folder: Mutex::new(None),
             checkpointer: Mutex::new(None),
@@ -388,6 +392,7 @@ impl SqliteStore {
         let pool = self.readers.clone();
         let tail = self.tail.clone();
         let leaves = self.leaves.clone();
+        let nodes = self.nodes.clone();
         Box::pin(async move {
             let permit = pool
                 .permits
@@ -403,6 +408,7 @@ impl SqliteStore {
                         conn,
                         view: &view,
                         leaves: &leaves,
+                        nodes: &nodes,
                     })
                 })
             })
@@ -424,6 +430,7 @@ struct Reader<'a> {
     conn: &'a Connection,
     view: &'a View,
     leaves: &'a Leaves,
+    nodes: &'a node_cache::NodeCache,
 }
 
 impl Reader<'_> {
@@ -571,18 +578,30 @@ fn completing_leaf(id: &NodeId) -> Option<i64> {
     i64::try_from(leaf).ok()
 }
 
-/// Tree nodes of one tenant, folded or still in the tail.
-fn read_nodes(
-    conn: &Connection,
-    view: &View,
-    tenant_id: i64,
-    ids: &[NodeId],
-) -> Result<Vec<Hash>, StoreError> {
-    read_db_nodes(conn, tenant_id, ids)?
+/// Tree nodes of one tenant: cached, folded or still in the tail. Nodes
+/// read from the database are cached (see `node_cache`).
+fn read_nodes(r: &Reader<'_>, tenant_id: i64, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
+    let mut found: Vec<Option<Hash>> = ids.iter().map(|id| r.nodes.get(tenant_id, id)).collect();
+    let missing: Vec<NodeId> = ids
+        .iter()
+        .zip(&found)
+        .filter(|(_, h)| h.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    let mut read = read_db_nodes(r.conn, tenant_id, &missing)?
+        .into_iter()
+        .zip(&missing);
+    for slot in found.iter_mut().filter(|h| h.is_none()) {
+        if let Some((Some(h), id)) = read.next() {
+            r.nodes.put(tenant_id, id, h);
+            *slot = Some(h);
+        }
+    }
+    found
         .into_iter()
         .zip(ids)
         .map(|(h, id)| {
-            h.or_else(|| view.node(tenant_id, id)).ok_or_else(|| {
+            h.or_else(|| r.view.node(tenant_id, id)).ok_or_else(|| {
                 StoreError::Corrupted(format!("tenant {tenant_id}: tree node {id:?} is missing"))
             })
         })
@@ -910,7 +929,7 @@ impl EventStore for SqliteStore {
     }
 
     fn read_nodes(&self, tenant_id: i64, ids: Vec<NodeId>) -> StoreFuture<'_, Vec<Hash>> {
-        self.read(move |r| read_nodes(r.conn, r.view, tenant_id, &ids))
+        self.read(move |r| read_nodes(r, tenant_id, &ids))
     }
 
     fn scan_tenant(&self, tenant_id: i64, from: u64, to: u64) -> StoreFuture<'_, Vec<StoredEvent>> {

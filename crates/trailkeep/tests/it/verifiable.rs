@@ -654,3 +654,81 @@ async fn a_full_frame_leaves_the_next_jobs_to_the_next_group() {
     let v = trailkeep::export::verify_bundle(bundle.as_bytes(), &s.verifier, None).unwrap();
     assert_eq!(v.events, 40);
 }
+
+/// On SQLite, proofs read tree nodes of level 8 and above from disk once and
+/// from memory afterwards. Overwriting such a node's row under the running
+/// server does not change its proofs; after a restart, which empties the
+/// cache, the same proof is read from the damaged row and fails.
+#[tokio::test]
+async fn upper_tree_nodes_are_read_from_disk_once() {
+    if !sqlite_only("PostgreSQL has no node cache") {
+        return;
+    }
+    let s = TestServer::start().await;
+    let events: Vec<Value> = (0..600)
+        .map(|i| json!({"tenant": "t", "action": format!("a{i}"), "actor": {"id": "u"}}))
+        .collect();
+    let (st, r) = s
+        .post("/v1/events/batch", KEY, &json!({ "events": events }))
+        .await;
+    assert_eq!(st, 201, "{r}");
+    let id = r["events"][300]["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while count(s.dir.path(), "events") < 600 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fold did not catch up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, cp) = checkpoint(&s, "t").await;
+    assert_eq!(cp.size, 600);
+    let proof = |p: &Value| {
+        tlog::verify_inclusion(
+            300,
+            600,
+            &hash(&p["leaf_hash"]),
+            &hashes(&p["hashes"]),
+            &cp.root,
+        )
+    };
+    let path = format!("/v1/events/{id}/proof");
+    let (st, first) = s.get(&path, KEY).await;
+    assert_eq!(st, 200, "{first}");
+    proof(&first).unwrap();
+    // Leaf 300's proof holds node (8, 0), the subtree of leaves 0..256,
+    // stored with leaf 255 at bytes 256..288 of its `nodes`.
+    {
+        let conn = rusqlite::Connection::open(s.dir.path().join("trailkeep.db")).unwrap();
+        let find =
+            "FROM events WHERE idx = 255 AND tenant_id = (SELECT id FROM tenants WHERE name = 't')";
+        let mut nodes: Vec<u8> = conn
+            .query_row(&format!("SELECT nodes {find}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            nodes.len(),
+            9 * 32,
+            "leaf 255 completes nodes up to level 8"
+        );
+        nodes[256..288].fill(0);
+        let changed = conn
+            .execute(
+                &format!("UPDATE events SET nodes = ?1 WHERE rowid = (SELECT rowid {find})"),
+                [nodes],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    let (st, again) = s.get(&path, KEY).await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["hashes"], first["hashes"]);
+    proof(&again).unwrap();
+    let dir = s.stop().await;
+    let s = TestServer::start_in(dir, |_| {}).await;
+    let (st, cold) = s.get(&path, KEY).await;
+    assert_eq!(st, 200, "{cold}");
+    assert!(
+        proof(&cold).is_err(),
+        "the damaged row was not what the restarted server read"
+    );
+}
