@@ -371,6 +371,18 @@ fn sqlite_only(why: &str) -> bool {
     !pg
 }
 
+/// Waits (at most 20 s) until the database holds `n` folded events.
+async fn wait_folded(s: &TestServer, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while count(s.dir.path(), "events") < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fold did not catch up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Sets every fold trigger but a full tail far off.
 fn hold_fold(c: &mut trailkeep::config::Config) {
     c.commit.fold_at_events = 1_000_000;
@@ -562,14 +574,7 @@ async fn compressed_leaves_read_back_exactly() {
         receipts.extend(r["events"].as_array().unwrap().iter().cloned());
         if k == 4 {
             // Let the fold pass the training threshold before the last batches.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            while count(s.dir.path(), "events") < 5000 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the fold did not catch up"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+            wait_folded(&s, 5000).await;
         }
     }
     let dir = s.stop().await;
@@ -673,14 +678,7 @@ async fn upper_tree_nodes_are_read_from_disk_once() {
         .await;
     assert_eq!(st, 201, "{r}");
     let id = r["events"][300]["id"].as_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while count(s.dir.path(), "events") < 600 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fold did not catch up"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_folded(&s, 600).await;
     let (_, cp) = checkpoint(&s, "t").await;
     assert_eq!(cp.size, 600);
     let proof = |p: &Value| {
