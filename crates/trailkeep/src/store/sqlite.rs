@@ -588,9 +588,9 @@ fn read_nodes(r: &Reader<'_>, tenant_id: i64, ids: &[NodeId]) -> Result<Vec<Hash
         .filter(|(_, h)| h.is_none())
         .map(|(id, _)| *id)
         .collect();
-    let mut read = read_db_nodes(r.conn, tenant_id, &missing)?
-        .into_iter()
-        .zip(&missing);
+    let from_db = read_db_nodes(r.conn, tenant_id, &missing)?;
+    debug_assert_eq!(from_db.len(), missing.len(), "one answer per missing node");
+    let mut read = from_db.into_iter().zip(&missing);
     for slot in found.iter_mut().filter(|h| h.is_none()) {
         if let Some((Some(h), id)) = read.next() {
             r.nodes.put(tenant_id, id, h);
