@@ -22,7 +22,7 @@ use super::{ApiError, AppState, BodyError, bearer, json_body, json_bytes};
 use crate::config::Limits;
 use crate::ingest::Checker;
 use crate::ingest::Violation;
-use crate::ingest::validate::new_event_id;
+use crate::ingest::validate::{new_event_id, serialized_len};
 use crate::model::{Actor, ActorType, Context, LEAF_VERSION, Outcome, RequestInfo, Target};
 use crate::model::{Event, Time};
 use crate::store::{
@@ -933,9 +933,7 @@ pub(crate) fn native_event(
                     extra.insert(k.clone(), v.clone());
                 }
             }
-            if serde_json::to_vec(&extra).map_or(usize::MAX, |v| v.len())
-                > limits.max_metadata_bytes
-            {
+            if serialized_len(&extra) > limits.max_metadata_bytes {
                 c.fail("actor", "too_large", "extra actor attributes are too large");
             }
             match (id, kind) {

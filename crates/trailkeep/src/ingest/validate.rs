@@ -53,6 +53,50 @@ pub fn json_depth_ok(body: &[u8], max: usize) -> bool {
     true
 }
 
+/// What is wrong with `s` as a string field of at most `max` characters
+/// (code and message), or `None` when nothing is.
+#[must_use]
+pub fn string_problem(s: &str, max: usize) -> Option<(&'static str, String)> {
+    if s.contains('\0') {
+        // PostgreSQL text cannot hold U+0000; refusing it everywhere keeps
+        // both stores answering the same.
+        Some(("invalid", "must not contain U+0000".into()))
+    } else {
+        tag_problem(s, max)
+    }
+}
+
+/// What is wrong with `s` as a tag of at most `max` characters, or `None`.
+/// Tags are not checked for U+0000 here: the append refuses it in every
+/// indexed text.
+#[must_use]
+pub fn tag_problem(s: &str, max: usize) -> Option<(&'static str, String)> {
+    if s.is_empty() {
+        Some(("empty", "must not be empty".into()))
+    } else if s.len() > max && s.chars().count() > max {
+        Some(("too_long", format!("must be at most {max} characters")))
+    } else {
+        None
+    }
+}
+
+/// The length of `v` as compact JSON, counted without building it.
+#[must_use]
+pub fn serialized_len(v: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    serde_json::to_writer(&mut n, v).map_or(usize::MAX, |()| n.0)
+}
+
 /// Collects violations while reading fields of one JSON object.
 pub struct Checker<'a> {
     /// Limits in force.
@@ -99,27 +143,13 @@ impl<'a> Checker<'a> {
         match obj.get(field) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() && self.empty_as_absent => None,
-            Some(Value::String(s)) if s.contains('\0') => {
-                // PostgreSQL text cannot hold U+0000; refusing it everywhere
-                // keeps both stores answering the same.
-                self.fail(path, "invalid", "must not contain U+0000");
-                None
-            }
-            Some(Value::String(s)) => {
-                if s.is_empty() {
-                    self.fail(path, "empty", "must not be empty");
+            Some(Value::String(s)) => match string_problem(s, max) {
+                Some((code, message)) => {
+                    self.fail(path, code, message);
                     None
-                } else if s.chars().count() > max {
-                    self.fail(
-                        path,
-                        "too_long",
-                        format!("must be at most {max} characters"),
-                    );
-                    None
-                } else {
-                    Some(s.clone())
                 }
-            }
+                None => Some(s.clone()),
+            },
             Some(_) => {
                 self.fail(path, "type", "must be a string");
                 None
@@ -170,8 +200,7 @@ impl<'a> Checker<'a> {
         match value {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(o)) => {
-                let size = serde_json::to_vec(o).map_or(usize::MAX, |v| v.len());
-                if size > self.limits.max_metadata_bytes {
+                if serialized_len(o) > self.limits.max_metadata_bytes {
                     self.fail(
                         path,
                         "too_large",
@@ -209,17 +238,12 @@ impl<'a> Checker<'a> {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
                     match item {
-                        Value::String(s) if s.is_empty() => {
-                            self.fail(&format!("{path}/{i}"), "empty", "must not be empty")
-                        }
-                        Value::String(s) if s.chars().count() > max => {
-                            self.fail(
-                                &format!("{path}/{i}"),
-                                "too_long",
-                                format!("must be at most {max} characters"),
-                            );
-                        }
-                        Value::String(s) => out.push(s.clone()),
+                        Value::String(s) => match tag_problem(s, max) {
+                            Some((code, message)) => {
+                                self.fail(&format!("{path}/{i}"), code, message)
+                            }
+                            None => out.push(s.clone()),
+                        },
                         _ => self.fail(&format!("{path}/{i}"), "type", "must be a string"),
                     }
                 }

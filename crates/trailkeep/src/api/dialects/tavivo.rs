@@ -291,7 +291,7 @@ async fn handle_create(
             Some("wrapped"),
         ),
     };
-    if serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len()) > limits.max_metadata_bytes {
+    if crate::ingest::validate::serialized_len(&metadata) > limits.max_metadata_bytes {
         c.fail(
             "metaData",
             "too_large",
