@@ -31,6 +31,8 @@ use crate::store::{
 };
 use serde_json::Map;
 
+mod wire;
+
 /// Routes of the native API.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -306,10 +308,20 @@ async fn create_event(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers).await?;
-    let (bytes, value) = json_body(&state.config, body)?;
+    let bytes = json_bytes(&state.config, body)?;
+    let limits = &state.config.limits;
+    let now = Time::now();
+    // Err holds the parsed body for the general path, which words every
+    // violation; the fast path takes only what that path would accept.
+    let parsed = match wire::event(&bytes, limits, now) {
+        Some(event) => Ok(event),
+        None => Err(parse_json(&bytes)?),
+    };
     let idem = idempotency_key(&headers, "/v1/events", &bytes)?;
-    let event = native_event(&value, &state.config.limits, "", Time::now())
-        .map_err(ApiError::validation)?;
+    let event = match parsed {
+        Ok(event) => event,
+        Err(value) => native_event(&value, limits, "", now).map_err(ApiError::validation)?,
+    };
     let res = append(&state, p.project, vec![event], idem, |r: &[Receipt]| {
         StoredResponse {
             status: 201,
@@ -340,24 +352,20 @@ async fn create_batch(
     let items = batch_items(&bytes);
     let value: Option<Value> = match items {
         Some(_) => None,
-        None => Some(
-            serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::from(BodyError::Malformed(e.to_string())))?,
-        ),
+        None => Some(parse_json(&bytes)?),
     };
     let idem = idempotency_key(&headers, "/v1/events/batch", &bytes)?;
     let limits = &state.config.limits;
     let now = Time::now();
     let events = match (&items, &value) {
-        (Some(items), _) => batch_events(
-            items.len(),
-            limits,
-            |i| {
-                serde_json::from_str::<Value>(items[i].get())
-                    .map_err(|e| ApiError::from(BodyError::Malformed(e.to_string())))
-            },
-            now,
-        )?,
+        (Some(items), _) => batch_events(items.len(), limits, |i| {
+            let raw = items[i].get();
+            if let Some(event) = wire::event(raw.as_bytes(), limits, now) {
+                return Ok(Ok(event));
+            }
+            let value = parse_json(raw.as_bytes())?;
+            Ok(native_event(&value, limits, &format!("/events/{i}"), now))
+        })?,
         (None, value) => {
             let Some(items) = value
                 .as_ref()
@@ -370,7 +378,14 @@ async fn create_batch(
                     message: "must be an array of events".into(),
                 }]));
             };
-            batch_events(items.len(), limits, |i| Ok(items[i].clone()), now)?
+            batch_events(items.len(), limits, |i| {
+                Ok(native_event(
+                    &items[i],
+                    limits,
+                    &format!("/events/{i}"),
+                    now,
+                ))
+            })?
         }
     };
     // The body is not needed while the commit is awaited; the events are.
@@ -392,6 +407,11 @@ async fn create_batch(
     ))
 }
 
+/// `bytes` parsed as JSON, or the malformed-body error.
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::from(BodyError::Malformed(e.to_string())))
+}
+
 /// The items of a batch body `{"events": [...]}` as raw JSON, when the body
 /// is an object with an `events` array and no repeated key at the top.
 fn batch_items(bytes: &[u8]) -> Option<Vec<&serde_json::value::RawValue>> {
@@ -404,13 +424,12 @@ fn batch_items(bytes: &[u8]) -> Option<Vec<&serde_json::value::RawValue>> {
     serde_json::from_str(top.events?.get()).ok()
 }
 
-/// Validates `n` batch items, item `i` given by `item(i)`, into events; every
-/// violation of every item is reported together.
+/// Validates `n` batch items into events, item `i` validated by `item(i)`;
+/// every violation of every item is reported together.
 fn batch_events(
     n: usize,
     limits: &crate::config::Limits,
-    item: impl Fn(usize) -> Result<Value, ApiError>,
-    now: Time,
+    item: impl Fn(usize) -> Result<Result<Event, Vec<Violation>>, ApiError>,
 ) -> Result<Vec<crate::model::Event>, ApiError> {
     if n == 0 || n > limits.max_batch_events {
         return Err(ApiError::validation(vec![Violation {
@@ -422,7 +441,7 @@ fn batch_events(
     let mut events = Vec::with_capacity(n);
     let mut violations = Vec::new();
     for i in 0..n {
-        match native_event(&item(i)?, limits, &format!("/events/{i}"), now) {
+        match item(i)? {
             Ok(e) => events.push(e),
             Err(v) => violations.extend(v),
         }
