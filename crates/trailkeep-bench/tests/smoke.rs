@@ -161,3 +161,26 @@ fn smoke_run_reports_every_figure() {
         s["reads"]["sha256"]["events"]
     );
 }
+
+#[test]
+fn a_run_without_sqlite_ingest_still_judges_the_disk_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("summary.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_trailkeep-bench"))
+        .args(["--smoke", "--no-postgres", "--skip", "sqlite", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "smoke run failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let s: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(s["trailkeep"]["skipped"].is_string(), "{s:#}");
+    assert!(s["trailkeep"]["single"].is_null(), "{s:#}");
+    let ratio = s["ratios"]["reads_disk_vs_raw_json"].as_f64();
+    assert!(ratio.is_some_and(|r| r > 0.0), "{s:#}");
+    assert!(s["bars"]["disk_le_1_5x_raw_json"].is_boolean(), "{s:#}");
+}
