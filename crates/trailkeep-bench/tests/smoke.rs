@@ -80,23 +80,28 @@ const PG_KEYS: &[&str] = &[
     "/bars/pg_batch_ge_0_5_copy",
 ];
 
-#[test]
-fn smoke_run_reports_every_figure() {
+/// Runs the bench with `args` and an `--out` file; returns the summary.
+fn run_bench(args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("summary.json");
     let run = Command::new(env!("CARGO_BIN_EXE_trailkeep-bench"))
-        .arg("--smoke")
+        .args(args)
         .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
     assert!(
         run.status.success(),
-        "smoke run failed:\n{}\n{}",
+        "bench {args:?} failed:\n{}\n{}",
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    let s: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+}
+
+#[test]
+fn smoke_run_reports_every_figure() {
+    let s = run_bench(&["--smoke"]);
     for key in KEYS {
         let v = s.pointer(key).unwrap_or(&Value::Null);
         assert!(!v.is_null(), "{key} is missing or null in {s:#}");
@@ -164,20 +169,7 @@ fn smoke_run_reports_every_figure() {
 
 #[test]
 fn a_run_without_sqlite_ingest_still_judges_the_disk_bar() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("summary.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_trailkeep-bench"))
-        .args(["--smoke", "--no-postgres", "--skip", "sqlite", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "smoke run failed:\n{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let s: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let s = run_bench(&["--smoke", "--no-postgres", "--skip", "sqlite"]);
     assert!(s["trailkeep"]["skipped"].is_string(), "{s:#}");
     assert!(s["trailkeep"]["single"].is_null(), "{s:#}");
     let ratio = s["ratios"]["reads_disk_vs_raw_json"].as_f64();
