@@ -413,9 +413,12 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// The items of a batch body `{"events": [...]}` as raw JSON, when the body
-/// is an object with an `events` array and no repeated key at the top.
+/// is an object with an `events` array and no other or repeated member at
+/// the top. Other members go to the general path, which ignores them once
+/// it has parsed them: skipped here, they would not be checked as JSON.
 fn batch_items(bytes: &[u8]) -> Option<Vec<&serde_json::value::RawValue>> {
     #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Top<'a> {
         #[serde(borrow)]
         events: Option<&'a serde_json::value::RawValue>,

@@ -572,6 +572,12 @@ async fn each_bad_input_class_gets_its_exact_error_and_stores_nothing() {
         .post("/v1/events/batch", KEY, &json!({"events": "no"}))
         .await;
     problem(st, &b, 422, "validation_failed");
+    // A member beside `events` is ignored, but only once it is known to be JSON.
+    let beside = br#"{"events": [{"action": "a", "actor": {"id": "u"}}], "note": 1e400}"#;
+    let (st, b) = s
+        .post_raw("/v1/events/batch", &[json_ct, auth], beside.to_vec())
+        .await;
+    problem(st, &b, 400, "invalid_json");
     let bad_idem = [json_ct, auth, ("idempotency-key", "")];
     let (st, b) = s
         .post_raw(
