@@ -4,13 +4,12 @@
 //!
 //! It never words an error. A body it does not take (not an object, an
 //! unknown or repeated member at any level, a wrong type, an actor with
-//! attributes beyond `id`, `type`, `name` and `email`, or any limit exceeded)
-//! goes to
-//! [`super::native_event`], which reports every violation. So the answer to
-//! every request is the general path's: this one only skips work when that
-//! path would accept the event, and yields the same event it would (the
-//! tests compare the two on every case they have). The limits themselves are
-//! `ingest::validate`'s, shared by both.
+//! attributes beyond `id`, `type`, `name` and `email`, or any limit
+//! exceeded) goes to [`super::native_event`], which reports every violation.
+//! So the answer to every request is the general path's: this one only skips
+//! work when that path would accept the event, and yields the same event it
+//! would (the tests compare the two on every case they have). The limits
+//! themselves are `ingest::validate`'s, shared by both.
 
 use std::borrow::Cow;
 use std::fmt;
