@@ -276,7 +276,10 @@ pub struct CommitConfig {
     /// much.
     pub fold_interval_ms: u64,
     /// SQLite: how long the fold waits with no new acknowledgment before it
-    /// folds, in milliseconds.
+    /// folds, in milliseconds. Longer than the usual gap between group
+    /// commits under load, so such a gap does not start a small fold: each
+    /// fold rewrites every index page it touches, and small folds rewrite the
+    /// same pages more often.
     pub fold_idle_ms: u64,
     /// SQLite: most events held in memory, written to the journal and
     /// waiting for their sync or acknowledged and waiting for the fold; at
@@ -297,7 +300,7 @@ impl Default for CommitConfig {
             queue_capacity: 16 * 1024,
             fold_at_events: 4 * 1024,
             fold_interval_ms: 250,
-            fold_idle_ms: 2,
+            fold_idle_ms: 50,
             max_unfolded_events: 8 * 1024,
             max_frame_bytes: 64 << 20,
         }
