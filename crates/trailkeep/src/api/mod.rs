@@ -367,8 +367,16 @@ pub fn json_body(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Bytes, Value), BodyError> {
     let bytes = json_bytes(config, body)?;
-    let value = serde_json::from_slice(&bytes).map_err(|e| BodyError::Malformed(e.to_string()))?;
+    let value = json_value(&bytes)?;
     Ok((bytes, value))
+}
+
+/// The parse of [`json_body`], for bytes [`json_bytes`] already checked.
+///
+/// # Errors
+/// [`BodyError::Malformed`] with the parser's message.
+pub fn json_value(bytes: &[u8]) -> Result<Value, BodyError> {
+    serde_json::from_slice(bytes).map_err(|e| BodyError::Malformed(e.to_string()))
 }
 
 /// The checks of [`json_body`] but the parse: size and nesting depth.

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tlog::{Hash, HashReader, NodeId, TlogError};
 use utoipa::ToSchema;
 
-use super::{ApiError, AppState, BodyError, bearer, json_body, json_bytes};
+use super::{ApiError, AppState, bearer, json_body, json_bytes, json_value};
 use crate::config::Limits;
 use crate::ingest::Checker;
 use crate::ingest::Violation;
@@ -315,7 +315,7 @@ async fn create_event(
     // violation; the fast path takes only what that path would accept.
     let parsed = match wire::event(&bytes, limits, now) {
         Some(event) => Ok(event),
-        None => Err(parse_json(&bytes)?),
+        None => Err(json_value(&bytes)?),
     };
     let idem = idempotency_key(&headers, "/v1/events", &bytes)?;
     let event = match parsed {
@@ -352,7 +352,7 @@ async fn create_batch(
     let items = batch_items(&bytes);
     let value: Option<Value> = match items {
         Some(_) => None,
-        None => Some(parse_json(&bytes)?),
+        None => Some(json_value(&bytes)?),
     };
     let idem = idempotency_key(&headers, "/v1/events/batch", &bytes)?;
     let limits = &state.config.limits;
@@ -363,7 +363,7 @@ async fn create_batch(
             if let Some(event) = wire::event(raw.as_bytes(), limits, now) {
                 return Ok(Ok(event));
             }
-            let value = parse_json(raw.as_bytes())?;
+            let value = json_value(raw.as_bytes())?;
             Ok(native_event(&value, limits, &format!("/events/{i}"), now))
         })?,
         (None, value) => {
@@ -405,11 +405,6 @@ async fn create_batch(
         StatusCode::from_u16(res.status).unwrap_or(StatusCode::CREATED),
         res.body,
     ))
-}
-
-/// `bytes` parsed as JSON, or the malformed-body error.
-fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::from(BodyError::Malformed(e.to_string())))
 }
 
 /// The items of a batch body `{"events": [...]}` as raw JSON, when the body
