@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use bytes::BytesMut;
 use serde_json::{Value, json};
+use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls};
 use trailkeep::ingest::validate::new_event_id;
 use trailkeep::model::{Event, Time};
+use trailkeep::store::postgres::tls;
 
 use crate::http::{self, Kind};
 use crate::stats::{latency_json, load_json, per_sec};
@@ -64,13 +65,18 @@ pub fn with_search_path(url: &str, schema: &str) -> String {
     format!("{url}{sep}options=-c%20search_path%3D{schema}")
 }
 
-/// Connects to `url` within 5 s, or says why not.
+/// Connects to `url` within 5 s, or says why not. The URL's `sslmode` and
+/// `sslrootcert` apply as in trailkeep's own pool, so the COPY ceiling and
+/// trailkeep reach the database over the same transport.
 ///
 /// # Errors
 /// The reason PostgreSQL is unreachable, as text for the report.
 pub async fn connect(url: &str) -> Result<Client, String> {
-    let connected =
-        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, NoTls)).await;
+    let settings = tls::settings(url).map_err(|e| e.to_string())?;
+    let tls = tls::connector(&settings).map_err(|e| e.to_string())?;
+    let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| format!("{e}"))?;
+    config.ssl_mode(settings.mode.ssl_mode());
+    let connected = tokio::time::timeout(Duration::from_secs(5), config.connect(tls)).await;
     match connected {
         Ok(Ok((client, conn))) => {
             tokio::spawn(conn);

@@ -18,7 +18,6 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tlog::{Frontier, Hash, NodeId};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -33,6 +32,7 @@ use crate::model::Time;
 
 use super::{Cursor, ListOrder};
 
+pub mod tls;
 mod writer;
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
@@ -96,17 +96,23 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// A connection pool for `url`.
+/// A connection pool for `url`, with TLS as its `sslmode` and
+/// `sslrootcert` ask (see [`tls`]).
 ///
 /// # Errors
-/// When the URL is not a valid PostgreSQL connection string.
+/// When the URL is not a valid PostgreSQL connection string, or its TLS
+/// settings cannot be used.
 pub fn pool(url: &str) -> Result<Pool, StoreError> {
-    let config: tokio_postgres::Config = url
+    let settings = tls::settings(url).map_err(|e| StoreError::Backend(Box::new(e)))?;
+    let tls = tls::connector(&settings).map_err(|e| StoreError::Backend(Box::new(e)))?;
+    let mut config: tokio_postgres::Config = settings
+        .url
         .parse()
         .map_err(|e: tokio_postgres::Error| StoreError::Backend(Box::new(e)))?;
+    config.ssl_mode(settings.mode.ssl_mode());
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

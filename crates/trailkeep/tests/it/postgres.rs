@@ -522,3 +522,111 @@ async fn rate_limits_hold_across_nodes() {
     assert!((59..=60).contains(&retry), "{retry}");
     assert_eq!(b.post("/v1/events", KEY, &ev).await.0, 429);
 }
+
+/// Whether the pool's connection to `url` is encrypted, or the error
+/// chain of connecting.
+async fn pool_tls(url: &str) -> Result<bool, String> {
+    let pool = trailkeep::store::postgres::pool(url).map_err(|e| chain(&e))?;
+    let client = pool.get().await.map_err(|e| chain(&e))?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| chain(&e))?;
+    Ok(row.get(0))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        next = c.source();
+    }
+    s
+}
+
+/// The URL's `sslmode` and `sslrootcert` mean what they mean to libpq,
+/// against the machine's PostgreSQL over real TLS (Debian's server runs with
+/// `ssl = on` and a self-signed certificate for `localhost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_and_sslrootcert_work_as_in_libpq_over_real_tls() {
+    let Some(url) = fresh_schema().await else {
+        return;
+    };
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let ssl: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    let cert: String = admin
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if ssl != "on" || std::fs::metadata(&cert).is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but PostgreSQL offers no TLS with a readable certificate (ssl = {ssl}, {cert})"
+        );
+        eprintln!(
+            "skipping: PostgreSQL offers no TLS with a readable certificate (ssl = {ssl}, {cert})"
+        );
+        return;
+    }
+    assert!(url.contains("@127.0.0.1:"), "{url}");
+    let by_name = url.replace("@127.0.0.1:", "@localhost:");
+    let with = |u: &str, q: &str| format!("{u}&{q}");
+    let root = format!("sslrootcert={cert}");
+
+    assert_eq!(pool_tls(&with(&url, "sslmode=disable")).await, Ok(false));
+    // libpq's default, `prefer`, encrypts whenever the server offers it.
+    assert_eq!(pool_tls(&url).await, Ok(true));
+    assert_eq!(pool_tls(&with(&url, "sslmode=require")).await, Ok(true));
+    assert_eq!(
+        pool_tls(&with(&by_name, &format!("sslmode=verify-full&{root}"))).await,
+        Ok(true)
+    );
+    // verify-ca checks the chain, not the name: 127.0.0.1 is not in the
+    // certificate, and verify-full refuses it for that.
+    assert_eq!(
+        pool_tls(&with(&url, &format!("sslmode=verify-ca&{root}"))).await,
+        Ok(true)
+    );
+    let e = pool_tls(&with(&url, &format!("sslmode=verify-full&{root}")))
+        .await
+        .unwrap_err();
+    assert!(e.contains("certificate not valid for name"), "{e}");
+    // A self-signed certificate is not among the built-in roots.
+    let e = pool_tls(&with(&by_name, "sslrootcert=system"))
+        .await
+        .unwrap_err();
+    assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
+    // `require` with roots checks the chain, as in libpq.
+    let other = tempfile::NamedTempFile::new().unwrap();
+    // A CA certificate (its key was thrown away) that signed nothing here.
+    std::fs::write(other.path(), include_str!("unrelated-ca.pem")).unwrap();
+    let e = pool_tls(&with(
+        &by_name,
+        &format!("sslmode=require&sslrootcert={}", other.path().display()),
+    ))
+    .await
+    .unwrap_err();
+    assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
+
+    // A whole node on a verified connection.
+    let full = with(&by_name, &format!("sslmode=verify-full&{root}"));
+    let s = TestServer::start_with(|c| c.store = Some(full.clone())).await;
+    let (st, r) = s
+        .post(
+            "/v1/events",
+            KEY,
+            &json!({"tenant": "tls", "action": "a", "actor": {"id": "u"}}),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    assert_eq!(s.list_all("tenant=tls", KEY).await.len(), 1);
+}
