@@ -72,10 +72,7 @@ pub fn with_search_path(url: &str, schema: &str) -> String {
 /// # Errors
 /// The reason PostgreSQL is unreachable, as text for the report.
 pub async fn connect(url: &str) -> Result<Client, String> {
-    let settings = tls::settings(url).map_err(|e| e.to_string())?;
-    let tls = tls::connector(&settings).map_err(|e| e.to_string())?;
-    let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| format!("{e}"))?;
-    config.ssl_mode(settings.mode.ssl_mode());
+    let (config, tls) = tls::config(url).map_err(|e| e.to_string())?;
     let connected = tokio::time::timeout(Duration::from_secs(5), config.connect(tls)).await;
     match connected {
         Ok(Ok((client, conn))) => {

@@ -103,13 +103,7 @@ pub fn is_postgres_url(url: &str) -> bool {
 /// When the URL is not a valid PostgreSQL connection string, or its TLS
 /// settings cannot be used.
 pub fn pool(url: &str) -> Result<Pool, StoreError> {
-    let settings = tls::settings(url).map_err(|e| StoreError::Backend(Box::new(e)))?;
-    let tls = tls::connector(&settings).map_err(|e| StoreError::Backend(Box::new(e)))?;
-    let mut config: tokio_postgres::Config = settings
-        .url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| StoreError::Backend(Box::new(e)))?;
-    config.ssl_mode(settings.mode.ssl_mode());
+    let (config, tls) = tls::config(url).map_err(|e| StoreError::Backend(Box::new(e)))?;
     let manager = Manager::from_config(
         config,
         tls,

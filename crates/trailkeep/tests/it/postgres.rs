@@ -596,6 +596,14 @@ async fn sslmode_and_sslrootcert_work_as_in_libpq_over_real_tls() {
         pool_tls(&with(&url, &format!("sslmode=verify-ca&{root}"))).await,
         Ok(true)
     );
+    let other = tempfile::NamedTempFile::new().unwrap();
+    // A CA certificate (its key was thrown away) that signed nothing here.
+    std::fs::write(other.path(), include_str!("unrelated-ca.pem")).unwrap();
+    let unrelated = format!("sslrootcert={}", other.path().display());
+    let e = pool_tls(&with(&url, &format!("sslmode=verify-ca&{unrelated}")))
+        .await
+        .unwrap_err();
+    assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
     let e = pool_tls(&with(&url, &format!("sslmode=verify-full&{root}")))
         .await
         .unwrap_err();
@@ -606,16 +614,23 @@ async fn sslmode_and_sslrootcert_work_as_in_libpq_over_real_tls() {
         .unwrap_err();
     assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
     // `require` with roots checks the chain, as in libpq.
-    let other = tempfile::NamedTempFile::new().unwrap();
-    // A CA certificate (its key was thrown away) that signed nothing here.
-    std::fs::write(other.path(), include_str!("unrelated-ca.pem")).unwrap();
-    let e = pool_tls(&with(
-        &by_name,
-        &format!("sslmode=require&sslrootcert={}", other.path().display()),
-    ))
-    .await
-    .unwrap_err();
+    let e = pool_tls(&with(&by_name, &format!("sslmode=require&{unrelated}")))
+        .await
+        .unwrap_err();
     assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
+    // A `hostaddr` without `host` has no name for a handshake: `prefer`
+    // stays plaintext, as before TLS, and `require` says why it fails.
+    let (_, query) = url.split_once('?').unwrap();
+    let by_addr = format!("postgres:///test?user=postgres&hostaddr=127.0.0.1&port=5432&{query}");
+    assert_eq!(pool_tls(&by_addr).await, Ok(false));
+    assert_eq!(
+        pool_tls(&with(&by_addr, "sslmode=disable")).await,
+        Ok(false)
+    );
+    let e = pool_tls(&with(&by_addr, "sslmode=require"))
+        .await
+        .unwrap_err();
+    assert!(e.contains("no hostname provided for TLS"), "{e}");
 
     // A whole node on a verified connection.
     let full = with(&by_name, &format!("sslmode=verify-full&{root}"));
@@ -629,4 +644,191 @@ async fn sslmode_and_sslrootcert_work_as_in_libpq_over_real_tls() {
         .await;
     assert_eq!(st, 201, "{r}");
     assert_eq!(s.list_all("tenant=tls", KEY).await.len(), 1);
+}
+
+/// A PostgreSQL server of its own in a temporary directory, with SCRAM
+/// password authentication over TLS, stopped when dropped. The machine's
+/// shared server trusts 127.0.0.1, so SCRAM is never used there.
+struct ScramServer {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+    password: String,
+}
+
+impl ScramServer {
+    /// Starts one with the certificate and key the machine's server uses,
+    /// or `None` (with the reason printed) outside CI when PostgreSQL's
+    /// programs or TLS files are missing.
+    async fn start() -> Option<Self> {
+        let skip = |why: String| {
+            assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
+            eprintln!("skipping: {why}");
+            None
+        };
+        let Some(bin) = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| d.path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+        else {
+            return skip("no PostgreSQL server programs under /usr/lib/postgresql".into());
+        };
+        let url = fresh_schema().await?;
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let show = |name: &'static str| {
+            let admin = &admin;
+            async move {
+                let row = admin.query_one(&format!("SHOW {name}"), &[]).await.unwrap();
+                row.get::<_, String>(0)
+            }
+        };
+        let (ssl, cert, key) = (
+            show("ssl").await,
+            show("ssl_cert_file").await,
+            show("ssl_key_file").await,
+        );
+        if ssl != "on" {
+            return skip("the machine's PostgreSQL has no TLS certificate to borrow".into());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = [0u8; 12];
+        getrandom::fill(&mut raw).unwrap();
+        let password: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(dir.path().join("pw"), &password).unwrap();
+        let me = Self {
+            dir,
+            bin,
+            port: free_port(),
+            password,
+        };
+        // initdb refuses to run as root; the server's own user runs it then.
+        let status = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(me.dir.path())
+            .status();
+        let root = status.is_ok_and(|s| s.success());
+        me.run(
+            root,
+            "initdb",
+            &[
+                "-D",
+                &me.data(),
+                "-U",
+                "postgres",
+                "-A",
+                "scram-sha-256",
+                "--pwfile",
+                &me.dir.path().join("pw").display().to_string(),
+            ],
+        );
+        let conf = format!(
+            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\nfsync = off\n",
+            me.port,
+            me.dir.path().display()
+        );
+        let append = |file: &str, text: &str| {
+            use std::io::Write as _;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(format!("{}/{file}", me.data()))
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        };
+        append("postgresql.conf", &conf);
+        std::fs::write(
+            format!("{}/pg_hba.conf", me.data()),
+            "host all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        let log = me.dir.path().join("log").display().to_string();
+        me.run(
+            root,
+            "pg_ctl",
+            &["-D", &me.data(), "-l", &log, "-w", "-t", "30", "start"],
+        );
+        Some(me)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, as_postgres: bool, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let out = if as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&path).args(args).output()
+        }
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self, password: &str, query: &str) -> String {
+        format!(
+            "postgres://postgres:{password}@localhost:{}/postgres?{query}",
+            self.port
+        )
+    }
+}
+
+impl Drop for ScramServer {
+    fn drop(&mut self) {
+        let path = self.bin.join("pg_ctl");
+        let data = self.data();
+        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+        let stopped = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&path)
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = Command::new(&path).args(args).status();
+        }
+    }
+}
+
+/// SCRAM with channel binding (`SCRAM-SHA-256-PLUS`) over a verified TLS
+/// connection: the binding data must be exactly what the server computes
+/// from its certificate, or authentication fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_require_authenticates_with_scram_over_tls() {
+    let Some(pg) = ScramServer::start().await else {
+        return;
+    };
+    let (admin, conn) =
+        tokio_postgres::connect(&fresh_schema().await.unwrap(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let cert: String = admin
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let verified = format!("sslmode=verify-full&sslrootcert={cert}&channel_binding=require");
+    assert_eq!(pool_tls(&pg.url(&pg.password, &verified)).await, Ok(true));
+    let e = pool_tls(&pg.url("wrong", &verified)).await.unwrap_err();
+    assert!(e.contains("password authentication failed"), "{e}");
+    let e = pool_tls(&pg.url(&pg.password, "sslmode=disable&channel_binding=require"))
+        .await
+        .unwrap_err();
+    assert!(e.contains("server did not use channel binding"), "{e}");
 }

@@ -12,10 +12,21 @@
 //!
 //! `sslrootcert` is a PEM file of trusted certificates, or `system` for the
 //! Mozilla roots built into the binary (which, as in libpq, asks for
-//! `verify-full`). As in libpq, `verify-ca` and `verify-full` refuse to start
-//! without it. Channel binding is not offered, so SCRAM authenticates
-//! without it (libpq's `channel_binding=prefer` does the same when it
-//! cannot bind).
+//! `verify-full`). Where this differs from libpq, it is stricter or simpler:
+//! - `allow` tries TLS first, like `prefer` (libpq tries plaintext first);
+//! - `prefer` falls back to plaintext only when the server declines TLS, not
+//!   after a failed handshake;
+//! - a `sslrootcert` file that cannot be read is an error in every mode but
+//!   `disable` (libpq skips a missing file unless it must verify);
+//! - nothing is read from `~/.postgresql/` or `PGSSL*` variables, so
+//!   `verify-ca` and `verify-full` need `sslrootcert`;
+//! - the host name is matched against the certificate's subject alternative
+//!   names only, never its common name.
+//!
+//! Channel binding (`tls-server-end-point`, RFC 5929) is offered for
+//! certificates signed with RSA PKCS#1 or ECDSA, the ones PostgreSQL can bind
+//! to, so `channel_binding=require` works with SCRAM. ALPN names
+//! `postgresql`, as libpq 17 does.
 
 use std::future::Future;
 use std::io;
@@ -31,6 +42,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use sha2::{Digest, Sha256, Sha384, Sha512};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
@@ -62,7 +74,7 @@ pub enum Roots {
 }
 
 /// A URL's TLS settings and the URL without them, for `tokio_postgres`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The URL with `sslmode` and `sslrootcert` taken out.
     pub url: String,
@@ -101,6 +113,19 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(String),
+    /// `tokio_postgres` refused the rest of the URL.
+    #[error("invalid PostgreSQL URL")]
+    Url(#[source] tokio_postgres::Error),
+}
+
+impl std::fmt::Debug for Settings {
+    /// Leaves the URL out: it may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("mode", &self.mode)
+            .field("roots", &self.roots)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Mode {
@@ -125,15 +150,42 @@ impl Mode {
     }
 }
 
+/// The `tokio_postgres` configuration and TLS connector for `url`.
+///
+/// # Errors
+/// See [`settings`] and [`connector`], and a URL `tokio_postgres` refuses.
+pub fn config(url: &str) -> Result<(tokio_postgres::Config, MakeTls), TlsError> {
+    let settings = settings(url)?;
+    let tls = connector(&settings)?;
+    let mut config: tokio_postgres::Config = settings.url.parse().map_err(TlsError::Url)?;
+    // `tokio_postgres` has no name to give rustls for a `hostaddr` without
+    // `host`, and fails rather than encrypt; `prefer` then stays plaintext,
+    // as every connection was before TLS, while stronger modes fail.
+    let mode = match settings.mode {
+        Mode::Prefer if config.get_hosts().is_empty() => SslMode::Disable,
+        m => m.ssl_mode(),
+    };
+    config.ssl_mode(mode);
+    Ok((config, tls))
+}
+
 /// Takes `sslmode` and `sslrootcert` out of a `postgres://` URL's query;
-/// every other parameter is left exactly as written.
+/// every other parameter is left exactly as written. The query is found as
+/// `tokio_postgres` finds it: at the first `?` after the first `@`.
 ///
 /// # Errors
 /// An unknown `sslmode`, badly encoded values, or a combination libpq
 /// refuses too.
 pub fn settings(url: &str) -> Result<Settings, TlsError> {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
+    let after_scheme = ["postgres://", "postgresql://"]
+        .iter()
+        .find(|p| url.starts_with(*p))
+        .map_or(0, |p| p.len());
+    let after_creds = url[after_scheme..]
+        .find('@')
+        .map_or(after_scheme, |i| after_scheme + i + 1);
+    let (base, query) = match url[after_creds..].find('?') {
+        Some(i) => (&url[..after_creds + i], Some(&url[after_creds + i + 1..])),
         None => (url, None),
     };
     let mut mode = None;
@@ -141,8 +193,9 @@ pub fn settings(url: &str) -> Result<Settings, TlsError> {
     let mut kept: Vec<&str> = Vec::new();
     for pair in query.into_iter().flat_map(|q| q.split('&')) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "sslmode" => {
+        // `tokio_postgres` decodes keys too: `ssl%6Dode` is `sslmode`.
+        match decode(key).as_deref() {
+            Some("sslmode") => {
                 let v = decode(value).ok_or(TlsError::Encoding("sslmode"))?;
                 mode = Some(match v.as_str() {
                     "disable" => Mode::Disable,
@@ -153,7 +206,7 @@ pub fn settings(url: &str) -> Result<Settings, TlsError> {
                     _ => return Err(TlsError::Mode(v)),
                 });
             }
-            "sslrootcert" => {
+            Some("sslrootcert") => {
                 let v = decode(value).ok_or(TlsError::Encoding("sslrootcert"))?;
                 roots = if v == "system" {
                     Roots::System
@@ -184,22 +237,24 @@ pub fn settings(url: &str) -> Result<Settings, TlsError> {
     Ok(Settings { url, mode, roots })
 }
 
-/// Percent-decodes a URL query value (`+` stays `+`, as in libpq).
+/// Percent-decodes a URL query part (`+` stays `+`, as in libpq); `None`
+/// for a bad escape, invalid UTF-8 or U+0000.
 fn decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = b.get(i + 1..i + 3)?;
+            let digit = |c: u8| (c as char).to_digit(16);
+            out.push(u8::try_from(digit(hex[0])? * 16 + digit(hex[1])?).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().filter(|s| !s.contains('\0'))
 }
 
 /// The connector for `settings`: rustls with the checks its mode asks for.
@@ -209,6 +264,7 @@ fn decode(s: &str) -> Option<String> {
 pub fn connector(settings: &Settings) -> Result<MakeTls, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = match &settings.roots {
+        _ if settings.mode == Mode::Disable => None,
         Roots::None => None,
         Roots::System => Some(RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -234,12 +290,13 @@ pub fn connector(settings: &Settings) -> Result<MakeTls, TlsError> {
             }
         }
     };
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(MakeTls {
         config: Arc::new(config),
     })
@@ -377,11 +434,14 @@ where
 {
     type Stream = Stream<S>;
     type TlsConnect = Connect;
-    type Error = rustls::pki_types::InvalidDnsNameError;
+    type Error = std::convert::Infallible;
 
+    /// `host` is empty for Unix sockets and a `hostaddr` without `host`,
+    /// where `tokio_postgres` then never asks for a handshake; the name is
+    /// checked at the handshake.
     fn make_tls_connect(&mut self, host: &str) -> Result<Connect, Self::Error> {
         Ok(Connect {
-            name: ServerName::try_from(host.to_owned())?,
+            name: ServerName::try_from(host.to_owned()).ok(),
             config: self.config.clone(),
         })
     }
@@ -389,7 +449,7 @@ where
 
 /// One TLS handshake with one host.
 pub struct Connect {
-    name: ServerName<'static>,
+    name: Option<ServerName<'static>>,
     config: Arc<ClientConfig>,
 }
 
@@ -403,8 +463,11 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
+            let name = self.name.ok_or_else(|| {
+                io::Error::other("the host is not a valid name or address for TLS")
+            })?;
             tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
+                .connect(name, stream)
                 .await
                 .map(Stream)
         })
@@ -416,8 +479,89 @@ pub struct Stream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Stream<S> {
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let (_, conn) = self.0.get_ref();
+        match conn
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .and_then(|c| end_point_hash(c))
+        {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
     }
+}
+
+/// RFC 5929's `tls-server-end-point` data: the server certificate hashed
+/// with the hash of its signature algorithm, SHA-256 for MD5 and SHA-1, as
+/// PostgreSQL computes it. `None` for algorithms it cannot bind to
+/// (RSA-PSS, Ed25519) or a certificate that does not parse.
+fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    let oid = signature_oid(der)?;
+    let hash = match oid {
+        _ if oid.starts_with(RSA) && oid.len() == RSA.len() + 1 => match oid[RSA.len()] {
+            0x04 | 0x05 | 0x0b => 256, // MD5, SHA-1, SHA-256 with RSA
+            0x0c => 384,
+            0x0d => 512,
+            _ => return None,
+        },
+        [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01] => 256, // ecdsa-with-SHA1
+        _ if oid.starts_with(ECDSA) && oid.len() == ECDSA.len() + 2 && oid[ECDSA.len()] == 0x03 => {
+            match oid[ECDSA.len() + 1] {
+                0x02 => 256,
+                0x03 => 384,
+                0x04 => 512,
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some(match hash {
+        256 => Sha256::digest(der).to_vec(),
+        384 => Sha384::digest(der).to_vec(),
+        _ => Sha512::digest(der).to_vec(),
+    })
+}
+
+/// The OID of a DER certificate's `signatureAlgorithm`: the second member
+/// of `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, .. }`.
+fn signature_oid(der: &[u8]) -> Option<&[u8]> {
+    let (0x30, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (0x30, _tbs, rest) = tlv(cert)? else {
+        return None;
+    };
+    let (0x30, alg, _) = tlv(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = tlv(alg)? else {
+        return None;
+    };
+    Some(oid)
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&first, b) = b.split_first()?;
+    let (len, b) = if first < 0x80 {
+        (usize::from(first), b)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let len = b[..n]
+            .iter()
+            .fold(0usize, |a, &x| (a << 8) | usize::from(x));
+        (len, &b[n..])
+    };
+    if b.len() < len {
+        return None;
+    }
+    Some((tag, &b[..len], &b[len..]))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {

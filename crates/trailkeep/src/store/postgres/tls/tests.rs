@@ -23,6 +23,31 @@ fn sslmode_and_sslrootcert_are_taken_out_and_the_rest_kept_as_written() {
 }
 
 #[test]
+fn the_query_is_found_and_read_as_tokio_postgres_reads_it() {
+    // Keys are percent-decoded, so an encoded `sslmode` is still seen.
+    assert_eq!(ok("postgres://db/t?ssl%6Dode=require").mode, Mode::Require);
+    // The query starts after the credentials: a `?` in a password is not it.
+    let s = ok("postgres://u:a?sslmode=disable@db/t?sslmode=require");
+    assert_eq!(s.mode, Mode::Require);
+    assert_eq!(s.url, "postgres://u:a?sslmode=disable@db/t");
+    // The last of a repeated parameter wins; empty pairs are kept as written.
+    let s = ok("postgres://db/t?sslmode=disable&&a=1&sslmode=require&");
+    assert_eq!(
+        (s.mode, s.url.as_str()),
+        (Mode::Require, "postgres://db/t?&a=1&")
+    );
+    assert_eq!(ok("postgres://db/t?").url, "postgres://db/t?");
+    // Bad escapes and U+0000 are refused.
+    for bad in ["%+f", "%0", "re%00quire", "%ff"] {
+        let e = settings(&format!("postgres://db/t?sslmode={bad}")).unwrap_err();
+        assert!(matches!(e, TlsError::Encoding("sslmode")), "{bad}: {e}");
+    }
+    // Debug output never shows the URL, which may hold a password.
+    let s = ok("postgres://u:hunter2@db/t?sslmode=require");
+    assert!(!format!("{s:?}").contains("hunter2"), "{s:?}");
+}
+
+#[test]
 fn the_modes_follow_libpq() {
     assert_eq!(ok("postgres://db/t").mode, Mode::Prefer);
     for (v, m) in [
@@ -110,4 +135,83 @@ fn a_root_file_must_hold_a_certificate() {
     ] {
         connector(&ok(url)).unwrap();
     }
+}
+
+#[test]
+fn disable_reads_no_root_file() {
+    let s = ok("postgres://db/t?sslmode=disable&sslrootcert=/no/such/file.pem");
+    connector(&s).unwrap();
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn channel_binding_hashes_the_certificate_with_its_signature_hash() {
+    // Expected values from `openssl x509 -outform der | sha256sum` / `sha384sum`.
+    let ecdsa_sha256 = der(include_str!("../../../../tests/it/unrelated-ca.pem"));
+    assert_eq!(
+        hex(&end_point_hash(&ecdsa_sha256).unwrap()),
+        "0d78e085a28c62985286776bdb5817278d0743802ab429ab16e3e6d59bb17111"
+    );
+    let rsa_sha384 = der(include_str!("rsa-sha384.pem"));
+    assert_eq!(
+        hex(&end_point_hash(&rsa_sha384).unwrap()),
+        "c90afdd8f0d39f6bf7e066056ab22cdc4f7f6b1b6160b8a7132bf2e6c9e9e34894f458d40fa43c8015b9604f875e9142"
+    );
+    // Anything that does not parse as a certificate binds to nothing.
+    for bad in [&[][..], &[0x30, 0x82, 0xff], &ecdsa_sha256[..40]] {
+        assert_eq!(end_point_hash(bad), None);
+    }
+}
+
+/// A server that declines TLS (answers `N` to the SSLRequest) and reports
+/// whether the client went on in plaintext with a StartupMessage.
+async fn declining_server() -> (String, tokio::task::JoinHandle<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut req = [0u8; 8];
+        s.read_exact(&mut req).await.unwrap();
+        assert_eq!(req, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f], "an SSLRequest");
+        s.write_all(b"N").await.unwrap();
+        let mut startup = [0u8; 8];
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            s.read_exact(&mut startup),
+        )
+        .await
+        {
+            Ok(Ok(_)) => startup[4..] == [0, 3, 0, 0],
+            _ => false,
+        }
+    });
+    (format!("postgres://u@127.0.0.1:{port}/t"), task)
+}
+
+#[tokio::test]
+async fn prefer_goes_on_in_plaintext_when_tls_is_declined_and_require_stops() {
+    let (url, server) = declining_server().await;
+    let (cfg, tls) = config(&format!("{url}?sslmode=prefer")).unwrap();
+    // The fake server never answers the startup, so the connection fails.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), cfg.connect(tls)).await;
+    assert!(
+        server.await.unwrap(),
+        "prefer sent its StartupMessage in plaintext"
+    );
+
+    let (url, server) = declining_server().await;
+    let (cfg, tls) = config(&format!("{url}?sslmode=require")).unwrap();
+    let e = cfg.connect(tls).await.err().expect("require must fail");
+    assert!(!server.await.unwrap(), "require sent nothing in plaintext");
+    assert!(e.to_string().contains("TLS"), "{e}");
 }
