@@ -618,19 +618,25 @@ async fn sslmode_and_sslrootcert_work_as_in_libpq_over_real_tls() {
         .await
         .unwrap_err();
     assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
-    // A `hostaddr` without `host` has no name for a handshake: `prefer`
-    // stays plaintext, as before TLS, and `require` says why it fails.
+    // A `hostaddr` without `host` is the name the certificate is checked
+    // against, as in libpq; with `host` as well, the host is.
     let (_, query) = url.split_once('?').unwrap();
     let by_addr = format!("postgres:///test?user=postgres&hostaddr=127.0.0.1&port=5432&{query}");
-    assert_eq!(pool_tls(&by_addr).await, Ok(false));
+    assert_eq!(pool_tls(&by_addr).await, Ok(true));
     assert_eq!(
         pool_tls(&with(&by_addr, "sslmode=disable")).await,
         Ok(false)
     );
-    let e = pool_tls(&with(&by_addr, "sslmode=require"))
+    assert_eq!(pool_tls(&with(&by_addr, "sslmode=require")).await, Ok(true));
+    let e = pool_tls(&with(&by_addr, &format!("sslmode=verify-full&{root}")))
         .await
         .unwrap_err();
-    assert!(e.contains("no hostname provided for TLS"), "{e}");
+    assert!(e.contains("certificate not valid for name"), "{e}");
+    let named_addr = format!("postgres://postgres@localhost:5432/test?hostaddr=127.0.0.1&{query}");
+    assert_eq!(
+        pool_tls(&with(&named_addr, &format!("sslmode=verify-full&{root}"))).await,
+        Ok(true)
+    );
 
     // A whole node on a verified connection.
     let full = with(&by_name, &format!("sslmode=verify-full&{root}"));
@@ -647,19 +653,23 @@ async fn sslmode_and_sslrootcert_work_as_in_libpq_over_real_tls() {
 }
 
 /// A PostgreSQL server of its own in a temporary directory, with SCRAM
-/// password authentication over TLS, stopped when dropped. The machine's
-/// shared server trusts 127.0.0.1, so SCRAM is never used there.
+/// password authentication over TLS and trusted Unix sockets. It runs as a
+/// child that dies with the test thread (`PR_SET_PDEATHSIG`) and is killed
+/// when dropped. The machine's shared server trusts 127.0.0.1, so SCRAM is
+/// never used there.
 struct ScramServer {
     dir: tempfile::TempDir,
-    bin: std::path::PathBuf,
+    child: Child,
     port: u16,
     password: String,
+    /// The certificate the server presents (a copy of the shared server's).
+    cert: String,
 }
 
 impl ScramServer {
-    /// Starts one with the certificate and key the machine's server uses,
-    /// or `None` (with the reason printed) outside CI when PostgreSQL's
-    /// programs or TLS files are missing.
+    /// Starts one with a copy of the certificate and key of the machine's
+    /// server, or `None` (with the reason printed) outside CI when
+    /// PostgreSQL's programs or TLS files are missing or unreadable.
     async fn start() -> Option<Self> {
         let skip = |why: String| {
             assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
@@ -681,103 +691,104 @@ impl ScramServer {
             .await
             .unwrap();
         tokio::spawn(conn);
-        let show = |name: &'static str| {
-            let admin = &admin;
-            async move {
-                let row = admin.query_one(&format!("SHOW {name}"), &[]).await.unwrap();
-                row.get::<_, String>(0)
-            }
-        };
-        let (ssl, cert, key) = (
-            show("ssl").await,
-            show("ssl_cert_file").await,
-            show("ssl_key_file").await,
-        );
-        if ssl != "on" {
-            return skip("the machine's PostgreSQL has no TLS certificate to borrow".into());
+        let mut show = Vec::new();
+        for name in ["ssl", "ssl_cert_file", "ssl_key_file"] {
+            let row = admin.query_one(&format!("SHOW {name}"), &[]).await.unwrap();
+            show.push(row.get::<_, String>(0));
         }
+        let (Ok(cert), Ok(key)) = (std::fs::read(&show[1]), std::fs::read(&show[2])) else {
+            return skip(format!(
+                "the machine's PostgreSQL (ssl = {}) has no certificate and key this test can read ({}, {})",
+                show[0], show[1], show[2]
+            ));
+        };
+        // initdb and postgres refuse to run as root; the server's own user
+        // runs them then, and owns the directory.
+        // SAFETY: geteuid has no preconditions.
+        let owner = if unsafe { libc::geteuid() } == 0 {
+            let Some(ids) = passwd_ids("postgres") else {
+                return skip("running as root and there is no postgres user".into());
+            };
+            Some(ids)
+        } else {
+            None
+        };
         let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
         let mut raw = [0u8; 12];
         getrandom::fill(&mut raw).unwrap();
         let password: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(dir.path().join("pw"), &password).unwrap();
-        let me = Self {
-            dir,
-            bin,
-            port: free_port(),
-            password,
-        };
-        // initdb refuses to run as root; the server's own user runs it then.
-        let status = Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(me.dir.path())
-            .status();
-        let root = status.is_ok_and(|s| s.success());
-        me.run(
-            root,
-            "initdb",
-            &[
-                "-D",
-                &me.data(),
-                "-U",
-                "postgres",
-                "-A",
-                "scram-sha-256",
-                "--pwfile",
-                &me.dir.path().join("pw").display().to_string(),
-            ],
-        );
-        let conf = format!(
-            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\nfsync = off\n",
-            me.port,
-            me.dir.path().display()
-        );
-        let append = |file: &str, text: &str| {
-            use std::io::Write as _;
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(format!("{}/{file}", me.data()))
-                .unwrap()
-                .write_all(text.as_bytes())
+        std::fs::write(path("pw"), &password).unwrap();
+        std::fs::write(path("server.crt"), cert).unwrap();
+        std::fs::write(path("server.key"), key).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path("server.key"), std::fs::Permissions::from_mode(0o600))
                 .unwrap();
-        };
-        append("postgresql.conf", &conf);
-        std::fs::write(
-            format!("{}/pg_hba.conf", me.data()),
-            "host all all 127.0.0.1/32 scram-sha-256\n",
-        )
-        .unwrap();
-        let log = me.dir.path().join("log").display().to_string();
-        me.run(
-            root,
-            "pg_ctl",
-            &["-D", &me.data(), "-l", &log, "-w", "-t", "30", "start"],
-        );
-        Some(me)
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn run(&self, as_postgres: bool, program: &str, args: &[&str]) {
-        let path = self.bin.join(program);
-        let out = if as_postgres {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&path)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&path).args(args).output()
         }
-        .unwrap();
+        if let Some((uid, gid)) = owner {
+            for entry in [dir.path().to_path_buf()].into_iter().chain(
+                std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().path()),
+            ) {
+                std::os::unix::fs::chown(&entry, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let out = as_owner(Command::new(bin.join("initdb")), owner)
+            .args(["-D", &path("data"), "-U", "postgres", "-A", "scram-sha-256"])
+            .arg(format!("--pwfile={}", path("pw")))
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
-            "{program} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
+            "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        std::fs::write(
+            format!("{}/pg_hba.conf", path("data")),
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(path("log")).unwrap();
+        let child = as_owner(Command::new(bin.join("postgres")), owner)
+            .args(["-D", &path("data"), "-p", &port.to_string()])
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "ssl=on",
+            ])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.path().display()))
+            .arg("-c")
+            .arg(format!("ssl_cert_file={}", path("server.crt")))
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", path("server.key")))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let me = Self {
+            cert: path("server.crt"),
+            dir,
+            child,
+            port,
+            password,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the private PostgreSQL did not start: {}",
+                std::fs::read_to_string(me.dir.path().join("log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(me)
     }
 
     fn url(&self, password: &str, query: &str) -> String {
@@ -786,23 +797,55 @@ impl ScramServer {
             self.port
         )
     }
+
+    /// A URL for the server's Unix socket.
+    fn socket_url(&self, query: &str) -> String {
+        let dir = self.dir.path().display().to_string().replace('/', "%2F");
+        format!("postgres://postgres@{dir}:{}/postgres?{query}", self.port)
+    }
 }
 
 impl Drop for ScramServer {
     fn drop(&mut self) {
-        let path = self.bin.join("pg_ctl");
-        let data = self.data();
-        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-        let stopped = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(&path)
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !stopped {
-            let _ = Command::new(&path).args(args).status();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+/// The uid and gid of `user`, from `/etc/passwd`.
+fn passwd_ids(user: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&user) && f.len() > 3)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
+/// `cmd` run as `owner` when given, and killed when the thread that starts
+/// it ends.
+fn as_owner(mut cmd: Command, owner: Option<(u32, u32)>) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (setgroups, setgid, setuid, prctl), with values computed before.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((uid, gid)) = owner
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // After setuid, which would clear it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// SCRAM with channel binding (`SCRAM-SHA-256-PLUS`) over a verified TLS
@@ -813,22 +856,22 @@ async fn channel_binding_require_authenticates_with_scram_over_tls() {
     let Some(pg) = ScramServer::start().await else {
         return;
     };
-    let (admin, conn) =
-        tokio_postgres::connect(&fresh_schema().await.unwrap(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let cert: String = admin
-        .query_one("SHOW ssl_cert_file", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let verified = format!("sslmode=verify-full&sslrootcert={cert}&channel_binding=require");
+    let verified = format!(
+        "sslmode=verify-full&sslrootcert={}&channel_binding=require",
+        pg.cert
+    );
     assert_eq!(pool_tls(&pg.url(&pg.password, &verified)).await, Ok(true));
+    // The URL a hosted PostgreSQL typically gives.
+    assert_eq!(
+        pool_tls(&pg.url(&pg.password, "sslmode=require&channel_binding=require")).await,
+        Ok(true)
+    );
     let e = pool_tls(&pg.url("wrong", &verified)).await.unwrap_err();
     assert!(e.contains("password authentication failed"), "{e}");
     let e = pool_tls(&pg.url(&pg.password, "sslmode=disable&channel_binding=require"))
         .await
         .unwrap_err();
     assert!(e.contains("server did not use channel binding"), "{e}");
+    // Unix sockets ignore sslmode, as in libpq: `require` still connects.
+    assert_eq!(pool_tls(&pg.socket_url("sslmode=require")).await, Ok(false));
 }

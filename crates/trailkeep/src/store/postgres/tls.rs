@@ -12,7 +12,9 @@
 //!
 //! `sslrootcert` is a PEM file of trusted certificates, or `system` for the
 //! Mozilla roots built into the binary (which, as in libpq, asks for
-//! `verify-full`). Where this differs from libpq, it is stricter or simpler:
+//! `verify-full`). As in libpq, a `hostaddr` without `host` is the name the
+//! certificate is checked against, and `sslmode` is ignored for Unix
+//! sockets. Where this differs from libpq, it is stricter or simpler:
 //! - `allow` tries TLS first, like `prefer` (libpq tries plaintext first);
 //! - `prefer` falls back to plaintext only when the server declines TLS, not
 //!   after a failed handshake;
@@ -21,7 +23,13 @@
 //! - nothing is read from `~/.postgresql/` or `PGSSL*` variables, so
 //!   `verify-ca` and `verify-full` need `sslrootcert`;
 //! - the host name is matched against the certificate's subject alternative
-//!   names only, never its common name.
+//!   names only, never its common name;
+//! - a Unix-socket `host` together with `hostaddr` is refused unless
+//!   `sslmode=disable`, and a list mixing socket and TCP hosts applies
+//!   `require` to the sockets too;
+//! - only `postgres://` and `postgresql://` URLs are read, not `key=value`
+//!   strings;
+//! - no client certificate (`sslcert`, `sslkey`) is sent.
 //!
 //! Channel binding (`tls-server-end-point`, RFC 5929) is offered for
 //! certificates signed with RSA PKCS#1 or ECDSA, the ones PostgreSQL can bind
@@ -42,9 +50,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::config::SslMode;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
 /// How a connection URL asks for TLS (libpq's `sslmode`).
@@ -113,6 +121,14 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(String),
+    /// A Unix-socket `host` with a `hostaddr`: no name for the handshake.
+    #[error(
+        "a Unix-socket host with hostaddr cannot use TLS; give a host name, or sslmode=disable"
+    )]
+    UnixWithAddress,
+    /// Not a `postgres://` or `postgresql://` URL.
+    #[error("TLS settings are read from postgres:// or postgresql:// URLs only")]
+    NotUrl,
     /// `tokio_postgres` refused the rest of the URL.
     #[error("invalid PostgreSQL URL")]
     Url(#[source] tokio_postgres::Error),
@@ -158,12 +174,26 @@ pub fn config(url: &str) -> Result<(tokio_postgres::Config, MakeTls), TlsError> 
     let settings = settings(url)?;
     let tls = connector(&settings)?;
     let mut config: tokio_postgres::Config = settings.url.parse().map_err(TlsError::Url)?;
-    // `tokio_postgres` has no name to give rustls for a `hostaddr` without
-    // `host`, and fails rather than encrypt; `prefer` then stays plaintext,
-    // as every connection was before TLS, while stronger modes fail.
-    let mode = match settings.mode {
-        Mode::Prefer if config.get_hosts().is_empty() => SslMode::Disable,
-        m => m.ssl_mode(),
+    let hosts = config.get_hosts();
+    let unix = hosts.iter().any(|h| matches!(h, Host::Unix(_)));
+    let tcp = hosts.iter().any(|h| matches!(h, Host::Tcp(_)));
+    let addrs = config.get_hostaddrs().to_vec();
+    if hosts.is_empty() {
+        // A `hostaddr` without `host`: `tokio_postgres` connects to the
+        // addresses either way, and now has them as names for the handshake,
+        // as libpq does.
+        for a in addrs {
+            config.host(a.to_string());
+        }
+    } else if unix && !addrs.is_empty() && settings.mode != Mode::Disable {
+        return Err(TlsError::UnixWithAddress);
+    }
+    // libpq ignores `sslmode` on Unix sockets, where the server never
+    // offers TLS.
+    let mode = if unix && !tcp {
+        SslMode::Disable
+    } else {
+        settings.mode.ssl_mode()
     };
     config.ssl_mode(mode);
     Ok((config, tls))
@@ -180,7 +210,8 @@ pub fn settings(url: &str) -> Result<Settings, TlsError> {
     let after_scheme = ["postgres://", "postgresql://"]
         .iter()
         .find(|p| url.starts_with(*p))
-        .map_or(0, |p| p.len());
+        .ok_or(TlsError::NotUrl)?
+        .len();
     let after_creds = url[after_scheme..]
         .find('@')
         .map_or(after_scheme, |i| after_scheme + i + 1);
@@ -492,9 +523,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Stream<S> {
 }
 
 /// RFC 5929's `tls-server-end-point` data: the server certificate hashed
-/// with the hash of its signature algorithm, SHA-256 for MD5 and SHA-1, as
-/// PostgreSQL computes it. `None` for algorithms it cannot bind to
-/// (RSA-PSS, Ed25519) or a certificate that does not parse.
+/// with the hash of its signature algorithm (SHA-224 to SHA-512; SHA-256 for
+/// MD5 and SHA-1), as PostgreSQL computes it. `None` for algorithms it
+/// cannot bind to (RSA-PSS, Ed25519) or a certificate that does not parse.
 fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
     const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
     const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
@@ -504,11 +535,13 @@ fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
             0x04 | 0x05 | 0x0b => 256, // MD5, SHA-1, SHA-256 with RSA
             0x0c => 384,
             0x0d => 512,
+            0x0e => 224,
             _ => return None,
         },
         [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01] => 256, // ecdsa-with-SHA1
         _ if oid.starts_with(ECDSA) && oid.len() == ECDSA.len() + 2 && oid[ECDSA.len()] == 0x03 => {
             match oid[ECDSA.len() + 1] {
+                0x01 => 224,
                 0x02 => 256,
                 0x03 => 384,
                 0x04 => 512,
@@ -518,6 +551,7 @@ fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
         _ => return None,
     };
     Some(match hash {
+        224 => Sha224::digest(der).to_vec(),
         256 => Sha256::digest(der).to_vec(),
         384 => Sha384::digest(der).to_vec(),
         _ => Sha512::digest(der).to_vec(),

@@ -48,6 +48,33 @@ fn the_query_is_found_and_read_as_tokio_postgres_reads_it() {
 }
 
 #[test]
+fn only_urls_are_read() {
+    let e = settings("host=db user=u sslmode=require").unwrap_err();
+    assert!(matches!(e, TlsError::NotUrl), "{e}");
+}
+
+#[test]
+fn hosts_decide_the_handshake_name_and_whether_tls_applies() {
+    use tokio_postgres::config::Host;
+    let cfg = |url: &str| config(url).unwrap().0;
+    // A `hostaddr` without `host` is also the handshake's name.
+    let c = cfg("postgres:///t?hostaddr=10.0.0.7&sslmode=require");
+    assert_eq!(c.get_hosts(), &[Host::Tcp("10.0.0.7".into())]);
+    assert_eq!(format!("{:?}", c.get_ssl_mode()), "Require");
+    // Unix sockets ignore sslmode, as in libpq.
+    let c = cfg("postgres://%2Frun%2Fpostgresql/t?sslmode=require");
+    assert_eq!(format!("{:?}", c.get_ssl_mode()), "Disable");
+    // A socket host with an address has no name to check: refused.
+    let e = config("postgres://%2Frun%2Fpostgresql/t?hostaddr=10.0.0.7&sslmode=require")
+        .err()
+        .unwrap();
+    assert!(matches!(e, TlsError::UnixWithAddress), "{e}");
+    // A TCP host keeps its mode.
+    let c = cfg("postgres://db/t?sslmode=verify-full&sslrootcert=system");
+    assert_eq!(format!("{:?}", c.get_ssl_mode()), "Require");
+}
+
+#[test]
 fn the_modes_follow_libpq() {
     assert_eq!(ok("postgres://db/t").mode, Mode::Prefer);
     for (v, m) in [
@@ -155,7 +182,7 @@ fn hex(b: &[u8]) -> String {
 
 #[test]
 fn channel_binding_hashes_the_certificate_with_its_signature_hash() {
-    // Expected values from `openssl x509 -outform der | sha256sum` / `sha384sum`.
+    // Expected values from `openssl x509 -outform der | openssl dgst -sha…`.
     let ecdsa_sha256 = der(include_str!("../../../../tests/it/unrelated-ca.pem"));
     assert_eq!(
         hex(&end_point_hash(&ecdsa_sha256).unwrap()),
@@ -166,6 +193,18 @@ fn channel_binding_hashes_the_certificate_with_its_signature_hash() {
         hex(&end_point_hash(&rsa_sha384).unwrap()),
         "c90afdd8f0d39f6bf7e066056ab22cdc4f7f6b1b6160b8a7132bf2e6c9e9e34894f458d40fa43c8015b9604f875e9142"
     );
+    let ecdsa_sha224 = der(include_str!("ecdsa-sha224.pem"));
+    assert_eq!(
+        hex(&end_point_hash(&ecdsa_sha224).unwrap()),
+        "5022eaa78d9db49fa6a5e6bb014d4c8d011beeb7d0260d22fdd00fbd"
+    );
+    let ecdsa_sha512 = der(include_str!("ecdsa-sha512.pem"));
+    assert_eq!(
+        hex(&end_point_hash(&ecdsa_sha512).unwrap()),
+        "4e5f21432a56c30076ee701c7a23bad9f0ab67b21d549ddb73ee8f61017400eda95409073de78c34c3a1df57c8382727fdb35bd2c50512d22fb61b9f6755c7c4"
+    );
+    // PostgreSQL cannot bind to Ed25519 certificates either.
+    assert_eq!(end_point_hash(&der(include_str!("ed25519.pem"))), None);
     // Anything that does not parse as a certificate binds to nothing.
     for bad in [&[][..], &[0x30, 0x82, 0xff], &ecdsa_sha256[..40]] {
         assert_eq!(end_point_hash(bad), None);
