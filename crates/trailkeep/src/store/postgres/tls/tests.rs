@@ -184,25 +184,26 @@ fn hex(b: &[u8]) -> String {
 fn channel_binding_hashes_the_certificate_with_its_signature_hash() {
     // Expected values from `openssl x509 -outform der | openssl dgst -sha…`.
     let ecdsa_sha256 = der(include_str!("../../../../tests/it/unrelated-ca.pem"));
-    assert_eq!(
-        hex(&end_point_hash(&ecdsa_sha256).unwrap()),
-        "0d78e085a28c62985286776bdb5817278d0743802ab429ab16e3e6d59bb17111"
-    );
-    let rsa_sha384 = der(include_str!("rsa-sha384.pem"));
-    assert_eq!(
-        hex(&end_point_hash(&rsa_sha384).unwrap()),
-        "c90afdd8f0d39f6bf7e066056ab22cdc4f7f6b1b6160b8a7132bf2e6c9e9e34894f458d40fa43c8015b9604f875e9142"
-    );
-    let ecdsa_sha224 = der(include_str!("ecdsa-sha224.pem"));
-    assert_eq!(
-        hex(&end_point_hash(&ecdsa_sha224).unwrap()),
-        "5022eaa78d9db49fa6a5e6bb014d4c8d011beeb7d0260d22fdd00fbd"
-    );
-    let ecdsa_sha512 = der(include_str!("ecdsa-sha512.pem"));
-    assert_eq!(
-        hex(&end_point_hash(&ecdsa_sha512).unwrap()),
-        "4e5f21432a56c30076ee701c7a23bad9f0ab67b21d549ddb73ee8f61017400eda95409073de78c34c3a1df57c8382727fdb35bd2c50512d22fb61b9f6755c7c4"
-    );
+    for (cert, want) in [
+        (
+            ecdsa_sha256.clone(),
+            "0d78e085a28c62985286776bdb5817278d0743802ab429ab16e3e6d59bb17111",
+        ),
+        (
+            der(include_str!("rsa-sha384.pem")),
+            "c90afdd8f0d39f6bf7e066056ab22cdc4f7f6b1b6160b8a7132bf2e6c9e9e34894f458d40fa43c8015b9604f875e9142",
+        ),
+        (
+            der(include_str!("ecdsa-sha224.pem")),
+            "5022eaa78d9db49fa6a5e6bb014d4c8d011beeb7d0260d22fdd00fbd",
+        ),
+        (
+            der(include_str!("ecdsa-sha512.pem")),
+            "4e5f21432a56c30076ee701c7a23bad9f0ab67b21d549ddb73ee8f61017400eda95409073de78c34c3a1df57c8382727fdb35bd2c50512d22fb61b9f6755c7c4",
+        ),
+    ] {
+        assert_eq!(hex(&end_point_hash(&cert).unwrap()), want);
+    }
     // PostgreSQL cannot bind to Ed25519 certificates either.
     assert_eq!(end_point_hash(&der(include_str!("ed25519.pem"))), None);
     // Anything that does not parse as a certificate binds to nothing.
