@@ -180,7 +180,7 @@ pub fn config(url: &str) -> Result<(tokio_postgres::Config, MakeTls), TlsError> 
     let addrs = config.get_hostaddrs().to_vec();
     if hosts.is_empty() {
         // A `hostaddr` without `host`: `tokio_postgres` connects to the
-        // addresses either way, and now has them as names for the handshake,
+        // addresses either way, and so has them as names for the handshake,
         // as libpq does.
         for a in addrs {
             config.host(a.to_string());
