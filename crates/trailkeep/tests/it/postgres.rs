@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tlog::Checkpoint;
 
-use crate::support::{KEY, TestServer, bin, free_port, fresh_schema, run_cli};
+use crate::support::{KEY, TestServer, bin, free_port, fresh_schema, run_cli, skip};
 
 fn hashes(v: &Value) -> Vec<tlog::Hash> {
     use base64::Engine as _;
@@ -538,6 +538,14 @@ async fn pool_tls(url: &str) -> Result<bool, String> {
     Ok(row.get(0))
 }
 
+/// Asserts that connecting to `url` fails with an error chain naming `why`.
+async fn assert_refused(url: &str, why: &str) {
+    let e = pool_tls(url)
+        .await
+        .expect_err("the connection must be refused");
+    assert!(e.contains(why), "expected {why:?}, got: {e}");
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut next = e.source();
@@ -568,13 +576,9 @@ async fn sslmode_and_sslrootcert_work_as_in_libpq_over_real_tls() {
         .unwrap()
         .get(0);
     if ssl != "on" || std::fs::metadata(&cert).is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but PostgreSQL offers no TLS with a readable certificate (ssl = {ssl}, {cert})"
-        );
-        eprintln!(
-            "skipping: PostgreSQL offers no TLS with a readable certificate (ssl = {ssl}, {cert})"
-        );
+        let _: Option<()> = skip(&format!(
+            "PostgreSQL offers no TLS with a readable certificate (ssl = {ssl}, {cert})"
+        ));
         return;
     }
     assert!(url.contains("@127.0.0.1:"), "{url}");
@@ -600,24 +604,28 @@ async fn sslmode_and_sslrootcert_work_as_in_libpq_over_real_tls() {
     // A CA certificate (its key was thrown away) that signed nothing here.
     std::fs::write(other.path(), include_str!("unrelated-ca.pem")).unwrap();
     let unrelated = format!("sslrootcert={}", other.path().display());
-    let e = pool_tls(&with(&url, &format!("sslmode=verify-ca&{unrelated}")))
-        .await
-        .unwrap_err();
-    assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
-    let e = pool_tls(&with(&url, &format!("sslmode=verify-full&{root}")))
-        .await
-        .unwrap_err();
-    assert!(e.contains("certificate not valid for name"), "{e}");
+    assert_refused(
+        &with(&url, &format!("sslmode=verify-ca&{unrelated}")),
+        "invalid peer certificate: UnknownIssuer",
+    )
+    .await;
+    assert_refused(
+        &with(&url, &format!("sslmode=verify-full&{root}")),
+        "certificate not valid for name",
+    )
+    .await;
     // A self-signed certificate is not among the built-in roots.
-    let e = pool_tls(&with(&by_name, "sslrootcert=system"))
-        .await
-        .unwrap_err();
-    assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
+    assert_refused(
+        &with(&by_name, "sslrootcert=system"),
+        "invalid peer certificate: UnknownIssuer",
+    )
+    .await;
     // `require` with roots checks the chain, as in libpq.
-    let e = pool_tls(&with(&by_name, &format!("sslmode=require&{unrelated}")))
-        .await
-        .unwrap_err();
-    assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
+    assert_refused(
+        &with(&by_name, &format!("sslmode=require&{unrelated}")),
+        "invalid peer certificate: UnknownIssuer",
+    )
+    .await;
     // A `hostaddr` without `host` is the name the certificate is checked
     // against, as in libpq; with `host` as well, the host is.
     let (_, query) = url.split_once('?').unwrap();
@@ -628,10 +636,11 @@ async fn sslmode_and_sslrootcert_work_as_in_libpq_over_real_tls() {
         Ok(false)
     );
     assert_eq!(pool_tls(&with(&by_addr, "sslmode=require")).await, Ok(true));
-    let e = pool_tls(&with(&by_addr, &format!("sslmode=verify-full&{root}")))
-        .await
-        .unwrap_err();
-    assert!(e.contains("certificate not valid for name"), "{e}");
+    assert_refused(
+        &with(&by_addr, &format!("sslmode=verify-full&{root}")),
+        "certificate not valid for name",
+    )
+    .await;
     let named_addr = format!("postgres://postgres@localhost:5432/test?hostaddr=127.0.0.1&{query}");
     assert_eq!(
         pool_tls(&with(&named_addr, &format!("sslmode=verify-full&{root}"))).await,
@@ -671,11 +680,6 @@ impl ScramServer {
     /// server, or `None` (with the reason printed) outside CI when
     /// PostgreSQL's programs or TLS files are missing or unreadable.
     async fn start() -> Option<Self> {
-        let skip = |why: String| {
-            assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
-            eprintln!("skipping: {why}");
-            None
-        };
         let Some(bin) = std::fs::read_dir("/usr/lib/postgresql")
             .into_iter()
             .flatten()
@@ -684,7 +688,7 @@ impl ScramServer {
             .filter(|b| b.join("initdb").exists())
             .max()
         else {
-            return skip("no PostgreSQL server programs under /usr/lib/postgresql".into());
+            return skip("no PostgreSQL server programs under /usr/lib/postgresql");
         };
         let url = fresh_schema().await?;
         let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -697,7 +701,7 @@ impl ScramServer {
             show.push(row.get::<_, String>(0));
         }
         let (Ok(cert), Ok(key)) = (std::fs::read(&show[1]), std::fs::read(&show[2])) else {
-            return skip(format!(
+            return skip(&format!(
                 "the machine's PostgreSQL (ssl = {}) has no certificate and key this test can read ({}, {})",
                 show[0], show[1], show[2]
             ));
@@ -707,7 +711,7 @@ impl ScramServer {
         // SAFETY: geteuid has no preconditions.
         let owner = if unsafe { libc::geteuid() } == 0 {
             let Some(ids) = passwd_ids("postgres") else {
-                return skip("running as root and there is no postgres user".into());
+                return skip("running as root and there is no postgres user");
             };
             Some(ids)
         } else {
@@ -866,12 +870,16 @@ async fn channel_binding_require_authenticates_with_scram_over_tls() {
         pool_tls(&pg.url(&pg.password, "sslmode=require&channel_binding=require")).await,
         Ok(true)
     );
-    let e = pool_tls(&pg.url("wrong", &verified)).await.unwrap_err();
-    assert!(e.contains("password authentication failed"), "{e}");
-    let e = pool_tls(&pg.url(&pg.password, "sslmode=disable&channel_binding=require"))
-        .await
-        .unwrap_err();
-    assert!(e.contains("server did not use channel binding"), "{e}");
+    assert_refused(
+        &pg.url("wrong", &verified),
+        "password authentication failed",
+    )
+    .await;
+    assert_refused(
+        &pg.url(&pg.password, "sslmode=disable&channel_binding=require"),
+        "server did not use channel binding",
+    )
+    .await;
     // Unix sockets ignore sslmode, as in libpq: `require` still connects.
     assert_eq!(pool_tls(&pg.socket_url("sslmode=require")).await, Ok(false));
 }

@@ -311,12 +311,16 @@ pub async fn fresh_schema() -> Option<String> {
 }
 
 fn unreachable(url: &str, why: &str) -> Option<String> {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but PostgreSQL at {url} is unreachable: {why}"
-    );
-    eprintln!(
-        "skipping: PostgreSQL at {url} is unreachable ({why}); set CI=1 to make this a failure"
-    );
+    skip(&format!("PostgreSQL at {url} is unreachable: {why}"))
+}
+
+/// Skips a test whose outside requirement `why` names is missing: prints
+/// the reason and returns `None`.
+///
+/// # Panics
+/// When `CI` is set: there, a test must fail loudly instead of skipping.
+pub fn skip<T>(why: &str) -> Option<T> {
+    assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
+    eprintln!("skipping: {why}; set CI=1 to make this a failure");
     None
 }
